@@ -1,0 +1,1 @@
+//! Client for BIRD's control socket protocol.

@@ -1,0 +1,1 @@
+//! Running check and reload commands with timeouts.

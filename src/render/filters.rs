@@ -1,0 +1,1 @@
+//! Filters: confd-style helpers and validation filters for routing values.

@@ -1,0 +1,4 @@
+//! Rendering: Tera templates over a store snapshot. Render never touches the
+//! filesystem and never runs a command.
+
+pub mod filters;

@@ -1,0 +1,349 @@
+//! The in-memory key-value store that templates read: a sorted map of
+//! normalised keys plus the source revision it reflects.
+//!
+//! The store never talks to a backend and never touches the filesystem; sources
+//! fill it, template functions read it.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+/// A sorted map from normalised keys (`/a/b`) to values, with the revision of
+/// the source snapshot it reflects (0 for sources without revisions).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Store {
+    entries: BTreeMap<String, String>,
+    revision: i64,
+}
+
+impl Store {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    pub fn set_revision(&mut self, revision: i64) {
+        self.revision = revision;
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Inserts a value; returns true when the stored value changed.
+    pub fn insert(&mut self, key: &str, value: impl Into<String>) -> bool {
+        let key = normalize_key(key);
+        let value = value.into();
+        match self.entries.get_mut(&key) {
+            Some(old) if *old == value => false,
+            Some(old) => {
+                *old = value;
+                true
+            }
+            None => {
+                self.entries.insert(key, value);
+                true
+            }
+        }
+    }
+
+    /// Removes a key; returns true when it was present.
+    pub fn remove(&mut self, key: &str) -> bool {
+        self.entries.remove(&normalize_key(key)).is_some()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.entries.get(&normalize_key(key)).map(String::as_str)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Every entry at or under `prefix`, respecting `/` boundaries: `/app/db`
+    /// yields `/app/db` and `/app/db/x`, never `/app/dbx`.
+    pub fn under<'a>(&'a self, prefix: &str) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        let prefix = normalize_key(prefix);
+        let exact = if prefix == "/" {
+            None
+        } else {
+            self.entries.get_key_value(&prefix)
+        };
+        let children_start = if prefix == "/" {
+            "/".to_string()
+        } else {
+            format!("{prefix}/")
+        };
+        // '0' is the byte after '/', so this range is exactly the keys below the prefix.
+        let children_end = format!("{}0", &children_start[..children_start.len() - 1]);
+        let children = self
+            .entries
+            .range::<str, _>((
+                Bound::Included(children_start.as_str()),
+                Bound::Excluded(children_end.as_str()),
+            ))
+            .map(|(k, v)| (k.as_str(), v.as_str()));
+        exact
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .into_iter()
+            .chain(children)
+    }
+
+    /// Removes every key at or under `prefix`; returns how many were removed.
+    pub fn remove_under(&mut self, prefix: &str) -> usize {
+        let doomed: Vec<String> = self.under(prefix).map(|(k, _)| k.to_string()).collect();
+        for key in &doomed {
+            self.entries.remove(key);
+        }
+        doomed.len()
+    }
+
+    /// Replaces everything at or under each of `prefixes` with `fresh`, so
+    /// that keys deleted at the source disappear here too. Returns the keys
+    /// whose value changed, appeared or disappeared.
+    pub fn replace_under(&mut self, prefixes: &[String], fresh: Store) -> Vec<String> {
+        let mut changed = Vec::new();
+        for prefix in prefixes {
+            let stale: Vec<String> = self
+                .under(prefix)
+                .filter(|(k, _)| fresh.get(k).is_none())
+                .map(|(k, _)| k.to_string())
+                .collect();
+            for key in stale {
+                self.entries.remove(&key);
+                changed.push(key);
+            }
+        }
+        for (key, value) in fresh.entries {
+            if self.insert(&key, value) {
+                changed.push(key);
+            }
+        }
+        self.revision = self.revision.max(fresh.revision);
+        changed.sort();
+        changed.dedup();
+        changed
+    }
+
+    /// Entries whose key matches `pattern`, where `*` matches within one path
+    /// segment and never crosses `/`. Sorted by key.
+    pub fn glob<'a>(&'a self, pattern: &str) -> Vec<(&'a str, &'a str)> {
+        let pattern = normalize_key(pattern);
+        let literal_end = pattern.find('*').unwrap_or(pattern.len());
+        // Scan only the part of the map that shares the literal prefix.
+        let literal = &pattern[..literal_end];
+        self.entries
+            .range::<str, _>((Bound::Included(literal), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(literal))
+            .filter(|(k, _)| glob_match(&pattern, k))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
+    /// Sorted names of the direct children of `path`, each with whether it
+    /// has children of its own (a directory).
+    pub fn children(&self, path: &str) -> Vec<(String, bool)> {
+        let path = normalize_key(path);
+        let base_len = if path == "/" { 1 } else { path.len() + 1 };
+        let mut out: Vec<(String, bool)> = Vec::new();
+        for (key, _) in self.under(&path) {
+            if key.len() <= base_len {
+                continue;
+            }
+            let rest = &key[base_len..];
+            let (name, is_dir) = match rest.find('/') {
+                Some(i) => (&rest[..i], true),
+                None => (rest, false),
+            };
+            match out.last_mut() {
+                Some((last, dir)) if last == name => *dir |= is_dir,
+                _ => out.push((name.to_string(), is_dir)),
+            }
+        }
+        // Keys such as /a/b and /a/b/c interleave with /a/b-x, so sort and merge.
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.dedup_by(|later, earlier| {
+            if later.0 == earlier.0 {
+                earlier.1 |= later.1;
+                true
+            } else {
+                false
+            }
+        });
+        out
+    }
+}
+
+impl<K: AsRef<str>, V: Into<String>> FromIterator<(K, V)> for Store {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut store = Store::new();
+        for (k, v) in iter {
+            store.insert(k.as_ref(), v);
+        }
+        store
+    }
+}
+
+/// Normalises a key: one leading `/`, no empty segments, no trailing `/`.
+/// `a//b/` becomes `/a/b`; the empty key and `/` both become `/`.
+pub fn normalize_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 1);
+    for segment in key.split('/').filter(|s| !s.is_empty()) {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// Joins key paths, normalising the result: `join_keys(&["/a/", "b"])` is `/a/b`.
+pub fn join_keys(parts: &[&str]) -> String {
+    normalize_key(&parts.join("/"))
+}
+
+/// Whether normalised `key` equals `prefix` or lies below it on a `/` boundary.
+pub fn is_under(key: &str, prefix: &str) -> bool {
+    if prefix == "/" {
+        return key.starts_with('/');
+    }
+    key.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Matches a normalised key against a pattern in which `*` matches any run of
+/// characters other than `/`.
+pub fn glob_match(pattern: &str, key: &str) -> bool {
+    let pattern_segments: Vec<&str> = pattern.split('/').collect();
+    let key_segments: Vec<&str> = key.split('/').collect();
+    pattern_segments.len() == key_segments.len()
+        && pattern_segments
+            .iter()
+            .zip(&key_segments)
+            .all(|(p, k)| segment_match(p.as_bytes(), k.as_bytes()))
+}
+
+/// Wildcard match of one segment, iterative with single backtracking point.
+fn segment_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(pairs: &[(&str, &str)]) -> Store {
+        pairs.iter().copied().collect()
+    }
+
+    #[test]
+    fn keys_are_normalised_to_one_leading_slash_and_no_empty_segments() {
+        assert_eq!(normalize_key("a//b/"), "/a/b");
+        assert_eq!(normalize_key("/a/b"), "/a/b");
+        assert_eq!(normalize_key(""), "/");
+        assert_eq!(normalize_key("///"), "/");
+        assert_eq!(
+            join_keys(&["/fabric/", "/bgp", "peers/"]),
+            "/fabric/bgp/peers"
+        );
+    }
+
+    #[test]
+    fn prefix_matching_respects_slash_boundaries() {
+        assert!(is_under("/app/db", "/app/db"));
+        assert!(is_under("/app/db/x", "/app/db"));
+        assert!(!is_under("/app/dbx", "/app/db"));
+        assert!(is_under("/anything", "/"));
+        let s = store(&[
+            ("/app/db", "1"),
+            ("/app/db/x", "2"),
+            ("/app/dbx", "3"),
+            ("/app/db-y", "4"),
+        ]);
+        let keys: Vec<_> = s.under("/app/db").map(|(k, _)| k).collect();
+        assert_eq!(keys, ["/app/db", "/app/db/x"]);
+        assert_eq!(s.under("/").count(), 4);
+    }
+
+    #[test]
+    fn star_matches_within_one_segment_only() {
+        assert!(glob_match("/peers/*", "/peers/a"));
+        assert!(!glob_match("/peers/*", "/peers/a/b"));
+        assert!(glob_match("/peers/*/asn", "/peers/a/asn"));
+        assert!(glob_match("/p*s/x*", "/peers/xyz"));
+        assert!(!glob_match("/p*s/x*", "/peers/yz"));
+        assert!(glob_match("/a", "/a"));
+        let s = store(&[
+            ("/peers/b", "2"),
+            ("/peers/a", "1"),
+            ("/peers/a/deep", "x"),
+            ("/peersx", "y"),
+        ]);
+        assert_eq!(
+            s.glob("/peers/*"),
+            vec![("/peers/a", "1"), ("/peers/b", "2")]
+        );
+    }
+
+    #[test]
+    fn children_lists_direct_names_sorted_with_directory_flag() {
+        let s = store(&[("/a/b/c", "1"), ("/a/b-x", "2"), ("/a/d", "3"), ("/e", "4")]);
+        assert_eq!(
+            s.children("/a"),
+            vec![
+                ("b".to_string(), true),
+                ("b-x".to_string(), false),
+                ("d".to_string(), false)
+            ]
+        );
+        assert_eq!(
+            s.children("/"),
+            vec![("a".to_string(), true), ("e".to_string(), false)]
+        );
+        assert!(s.children("/missing").is_empty());
+    }
+
+    #[test]
+    fn replace_under_drops_keys_deleted_at_the_source() {
+        let mut s = store(&[("/a/1", "x"), ("/a/2", "y"), ("/b/1", "z")]);
+        let fresh = store(&[("/a/1", "x"), ("/a/3", "w")]);
+        let changed = s.replace_under(&["/a".to_string()], fresh);
+        assert_eq!(changed, ["/a/2", "/a/3"]);
+        assert_eq!(s.get("/a/2"), None);
+        assert_eq!(s.get("/b/1"), Some("z"));
+    }
+
+    #[test]
+    fn insert_reports_whether_the_value_changed() {
+        let mut s = Store::new();
+        assert!(s.insert("a", "1"));
+        assert!(!s.insert("/a", "1"));
+        assert!(s.insert("/a/", "2"));
+        assert!(s.remove("a"));
+        assert!(!s.remove("a"));
+    }
+}
