@@ -1,1 +1,130 @@
-//! Error types.
+//! The two tiers of errors. A [`ConfigError`] is found before rendering and
+//! ends the run (exit 2). A [`UnitError`] belongs to one unit: it is logged
+//! and counted, and the other units go on (exit 1 in `--onetime`).
+//!
+//! Variants carry the path, key or line they are about; lower layers add
+//! context and never print.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::bird::BirdError;
+use crate::command::CommandError;
+use crate::process::ProcessError;
+
+/// A problem with the configuration or the backend found before rendering.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}", path = .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{dir}: no template resources (*.toml) found", dir = .dir.display())]
+    NoResources { dir: PathBuf },
+
+    #[error("{path}: {message}", path = .path.display())]
+    Resource { path: PathBuf, message: String },
+
+    #[error("{path}: field `{field}`: {message}", path = .path.display())]
+    Field {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+
+    #[error("template {template}{at}: {message}", at = line_suffix(*.line))]
+    Template {
+        template: String,
+        line: Option<usize>,
+        message: String,
+    },
+
+    #[error("{0}")]
+    Settings(String),
+
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+impl ConfigError {
+    pub fn field(path: &std::path::Path, field: &str, message: impl Into<String>) -> Self {
+        ConfigError::Field {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A backend that cannot give a snapshot.
+#[derive(Debug, Error)]
+pub enum SourceError {
+    #[error("etcd at {endpoints}: {message}")]
+    Etcd { endpoints: String, message: String },
+
+    #[error("data file {path}: {message}", path = .path.display())]
+    DataFile { path: PathBuf, message: String },
+}
+
+/// A failure of one unit; the others go on.
+#[derive(Debug, Error)]
+pub enum UnitError {
+    #[error("render {template}{at}: {message}", at = line_suffix(*.line))]
+    Render {
+        template: String,
+        line: Option<usize>,
+        message: String,
+    },
+
+    #[error("staging {path}: {source}", path = .path.display())]
+    Stage {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("check failed, {dest} left unchanged: {source}", dest = .dest.display())]
+    Check {
+        dest: PathBuf,
+        #[source]
+        source: CheckFailure,
+    },
+
+    #[error("committing {path}: {source}", path = .path.display())]
+    Commit {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("reload failed: {0}")]
+    Reload(#[from] ReloadFailure),
+}
+
+/// Why a check did not pass.
+#[derive(Debug, Error)]
+pub enum CheckFailure {
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error(transparent)]
+    Bird(#[from] BirdError),
+}
+
+/// Why a reload did not happen or did not take.
+#[derive(Debug, Error)]
+pub enum ReloadFailure {
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error(transparent)]
+    Bird(#[from] BirdError),
+}
+
+fn line_suffix(line: Option<usize>) -> String {
+    line.map(|l| format!(" line {l}")).unwrap_or_default()
+}

@@ -1,4 +1,169 @@
-//! Rendering: Tera templates over a store snapshot. Render never touches the
-//! filesystem and never runs a command.
+//! Rendering: Tera templates over a store snapshot.
+//!
+//! Render never touches the filesystem after loading the templates, never
+//! runs a command, and never reads a key outside the resource's `keys`.
+//! Template engine errors come back as values; they never reach a file.
 
 pub mod filters;
+mod functions;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tera::{Context, ErrorKind, Tera};
+
+use crate::error::{ConfigError, UnitError};
+use crate::resource::{Template, Unit};
+use crate::store::Store;
+
+pub use functions::KeyRead;
+
+/// Compiled templates with confera's functions and filters registered.
+/// Compiling once and rendering many times keeps a render cheap.
+pub struct Renderer {
+    tera: Tera,
+    dir: PathBuf,
+}
+
+/// The output of one render and the keys it read, in order of reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub text: String,
+    pub reads: Vec<KeyRead>,
+}
+
+impl Renderer {
+    /// Compiles every file under `dir`, so that templates may include each
+    /// other, and checks that every unit's `src` is among them.
+    pub fn load(dir: &Path, units: &[Unit]) -> Result<Renderer, ConfigError> {
+        let mut files = Vec::new();
+        collect_files(dir, dir, &mut files)?;
+        let mut tera = Tera::new();
+        // Config files are not HTML: never escape.
+        tera.autoescape_on(Vec::<&str>::new());
+        filters::register(&mut tera);
+        functions::register(&mut tera);
+        let mut sources = Vec::with_capacity(files.len());
+        for (name, path) in files {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| ConfigError::Io { path, source })?;
+            sources.push((name, text));
+        }
+        tera.add_raw_templates(sources)
+            .map_err(|e| template_config_error(e, "templates"))?;
+        for unit in units {
+            for t in &unit.templates {
+                if !tera.contains_template(&t.src) {
+                    return Err(ConfigError::field(
+                        &unit.path,
+                        "src",
+                        format!("template `{}` not found in {}", t.src, dir.display()),
+                    ));
+                }
+            }
+        }
+        Ok(Renderer {
+            tera,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Renders one template against `store`, strictly: a missing key or one
+    /// outside the template's keys fails the render.
+    pub fn render(&self, template: &Template, store: &Arc<Store>) -> Result<Rendered, UnitError> {
+        let guard = functions::Scope::enter(store.clone(), template);
+        let result = self.tera.render(&template.src, &Context::new());
+        let reads = guard.finish();
+        match result {
+            Ok(text) => Ok(Rendered { text, reads }),
+            Err(e) => Err(render_error(e, &template.src, &reads)),
+        }
+    }
+}
+
+fn collect_files(
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<(String, PathBuf)>,
+) -> Result<(), ConfigError> {
+    let io = |path: &Path, source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for path in entries {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        // Editors leave swap and backup files beside templates; skip hidden ones.
+        if name
+            .as_deref()
+            .is_some_and(|n| n.starts_with('.') || n.ends_with('~'))
+        {
+            continue;
+        }
+        if path.is_dir() {
+            collect_files(root, &path, out)?;
+        } else {
+            let rel = path.strip_prefix(root).unwrap_or(&path);
+            out.push((rel.to_string_lossy().into_owned(), path));
+        }
+    }
+    Ok(())
+}
+
+/// The template, line and message of a Tera error.
+fn locate(e: &tera::Error, fallback: &str) -> (String, Option<usize>, String) {
+    match e.kind() {
+        ErrorKind::SyntaxError(report) | ErrorKind::RenderingError(report) => (
+            report.filename().to_string(),
+            Some(report.span().start_line),
+            report.message().to_string(),
+        ),
+        _ => {
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                message.push_str(": ");
+                message.push_str(&s.to_string());
+                source = s.source();
+            }
+            (fallback.to_string(), None, message)
+        }
+    }
+}
+
+pub(crate) fn template_config_error(e: tera::Error, fallback: &str) -> ConfigError {
+    let (template, line, message) = locate(&e, fallback);
+    ConfigError::Template {
+        template,
+        line,
+        message,
+    }
+}
+
+fn render_error(e: tera::Error, src: &str, reads: &[KeyRead]) -> UnitError {
+    let (template, line, mut message) = locate(&e, src);
+    // A validation filter names the bad value; name the key it came from too.
+    if let Some(read) = reads
+        .iter()
+        .rev()
+        .find(|r| !r.value.is_empty() && message.contains(&format!("\"{}\"", r.value)))
+    {
+        message.push_str(&format!(" (value of key `{}`)", read.key));
+    }
+    UnitError::Render {
+        template,
+        line,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests;

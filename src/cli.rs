@@ -1,0 +1,159 @@
+//! The command line: clap definitions only. Every flag is optional here, so
+//! that `settings` can layer flags over environment, file and defaults.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::duration::Wait;
+
+/// Render daemon configuration files from etcd, data files or the
+/// environment with Tera templates; commit atomically, check, and reload the
+/// daemon only when the output changed.
+#[derive(Debug, Parser)]
+#[command(name = "confera", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub mode: ModeArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub logging: LogArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a confdir without a backend: parse every resource, compile
+    /// every template, and list the keys each resource may read.
+    Check,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Source")]
+pub struct SourceArgs {
+    /// Directory holding conf.d/ and templates/ [default: /etc/confera]
+    #[arg(long, env = "CONFERA_CONFDIR", value_name = "DIR")]
+    pub confdir: Option<PathBuf>,
+    /// Settings file [default: <confdir>/confera.toml, if present]
+    #[arg(long, env = "CONFERA_CONFIG_FILE", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    /// Where keys come from [default: etcd]
+    #[arg(long, env = "CONFERA_BACKEND", value_enum)]
+    pub backend: Option<Backend>,
+    /// etcd endpoint; repeat for several [default: http://127.0.0.1:2379]
+    #[arg(long, env = "CONFERA_NODE", value_name = "URL", value_delimiter = ',')]
+    pub node: Vec<String>,
+    /// Data file (YAML, JSON or TOML) for the file backend; repeat to merge in order
+    #[arg(long, env = "CONFERA_FILE", value_name = "PATH", value_delimiter = ',')]
+    pub file: Vec<PathBuf>,
+    /// Key prefix joined in front of every resource's prefix
+    #[arg(long, env = "CONFERA_PREFIX", value_name = "PREFIX")]
+    pub prefix: Option<String>,
+    /// etcd user name
+    #[arg(long, env = "CONFERA_USERNAME", value_name = "USER")]
+    pub username: Option<String>,
+    /// etcd password (prefer CONFERA_PASSWORD or the settings file)
+    #[arg(
+        long,
+        env = "CONFERA_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Etcd,
+    /// The same as etcd: confd's name for the v3 API.
+    Etcdv3,
+    File,
+    Env,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Mode")]
+pub struct ModeArgs {
+    /// Process every resource once and exit (0 ok, 1 a resource failed, 2 bad configuration)
+    #[arg(long, env = "CONFERA_ONETIME", conflicts_with = "watch")]
+    pub onetime: bool,
+    /// Watch the backend and re-render what each change touches
+    #[arg(long, env = "CONFERA_WATCH")]
+    pub watch: bool,
+    /// Poll every SECONDS; with --watch, resync fully at that period [default: 600]
+    #[arg(long, env = "CONFERA_INTERVAL", value_name = "SECONDS")]
+    pub interval: Option<u64>,
+    /// Debounce in watch mode: render after MIN of quiet, at most MAX after the first change [default: 50ms:1s]
+    #[arg(long, env = "CONFERA_WAIT", value_name = "MIN[:MAX]")]
+    pub wait: Option<Wait>,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Output")]
+pub struct OutputArgs {
+    /// Render and compare only: write nothing, run no command, send no signal
+    #[arg(long, env = "CONFERA_NOOP")]
+    pub noop: bool,
+    /// With --noop, print a unified diff of every change on stdout
+    #[arg(long, env = "CONFERA_DIFF")]
+    pub diff: bool,
+    /// Write files but skip check and reload
+    #[arg(long, env = "CONFERA_SYNC_ONLY")]
+    pub sync_only: bool,
+    /// Keep staging directories for inspection
+    #[arg(long, env = "CONFERA_KEEP_STAGE_FILE")]
+    pub keep_stage_file: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Logging")]
+pub struct LogArgs {
+    /// error, warn, info, debug or trace (or a tracing filter) [default: info]
+    #[arg(long, env = "CONFERA_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Log line format on stderr [default: text]
+    #[arg(long, env = "CONFERA_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn nodes_may_be_repeated_or_comma_separated() {
+        let cli = Cli::try_parse_from([
+            "confera",
+            "--node",
+            "http://a:1",
+            "--node",
+            "http://b:2,http://c:3",
+        ])
+        .unwrap();
+        assert_eq!(cli.source.node, ["http://a:1", "http://b:2", "http://c:3"]);
+    }
+
+    #[test]
+    fn onetime_and_watch_exclude_each_other() {
+        assert!(Cli::try_parse_from(["confera", "--onetime", "--watch"]).is_err());
+    }
+}

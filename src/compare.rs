@@ -1,0 +1,194 @@
+//! Compare: what a destination holds now against what a render wants it to
+//! hold (content, mode, owner), and the unified diff between them.
+//!
+//! Compare only reads; it never writes a file.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use similar::TextDiff;
+
+/// A destination's content and attributes, as it is or as it should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileState {
+    pub content: Vec<u8>,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Which parts of a destination differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Difference {
+    pub missing: bool,
+    pub content: bool,
+    pub mode: bool,
+    pub owner: bool,
+}
+
+impl Difference {
+    pub fn any(&self) -> bool {
+        self.missing || self.content || self.mode || self.owner
+    }
+
+    /// A short human description: "content, mode".
+    pub fn describe(&self) -> String {
+        if self.missing {
+            return "missing".into();
+        }
+        let parts: Vec<&str> = [
+            (self.content, "content"),
+            (self.mode, "mode"),
+            (self.owner, "owner"),
+        ]
+        .iter()
+        .filter(|(d, _)| *d)
+        .map(|(_, n)| *n)
+        .collect();
+        parts.join(", ")
+    }
+}
+
+/// Resolves a destination to the file that should really be written: a
+/// symlink is followed to its target, once, so a commit replaces the target
+/// and keeps the link.
+pub fn resolve_dest(dest: &Path) -> io::Result<PathBuf> {
+    match fs::symlink_metadata(dest) {
+        Ok(meta) if meta.file_type().is_symlink() => fs::canonicalize(dest),
+        _ => Ok(dest.to_path_buf()),
+    }
+}
+
+/// Reads the current state of `path`; `None` when it does not exist.
+pub fn current(path: &Path) -> io::Result<Option<FileState>> {
+    let meta = match fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let content = fs::read(path)?;
+    Ok(Some(FileState {
+        content,
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+    }))
+}
+
+/// How `want` differs from `have`.
+pub fn difference(have: Option<&FileState>, want: &FileState) -> Difference {
+    match have {
+        None => Difference {
+            missing: true,
+            ..Difference::default()
+        },
+        Some(have) => Difference {
+            missing: false,
+            content: have.content != want.content,
+            mode: have.mode != want.mode,
+            owner: have.uid != want.uid || have.gid != want.gid,
+        },
+    }
+}
+
+/// A unified diff from `have` to `want`, labelled with the destination path.
+pub fn unified_diff(dest: &Path, have: Option<&FileState>, want: &FileState) -> String {
+    let old = have
+        .map(|h| String::from_utf8_lossy(&h.content).into_owned())
+        .unwrap_or_default();
+    let new = String::from_utf8_lossy(&want.content);
+    let label_old = if have.is_some() {
+        dest.display().to_string()
+    } else {
+        "/dev/null".to_string()
+    };
+    let mut out = TextDiff::from_lines(old.as_str(), new.as_ref())
+        .unified_diff()
+        .context_radius(3)
+        .header(&label_old, &dest.display().to_string())
+        .to_string();
+    if let Some(have) = have {
+        if have.mode != want.mode {
+            out.push_str(&format!(
+                "mode {}: {:04o} -> {:04o}\n",
+                dest.display(),
+                have.mode,
+                want.mode
+            ));
+        }
+        if (have.uid, have.gid) != (want.uid, want.gid) {
+            out.push_str(&format!(
+                "owner {}: {}:{} -> {}:{}\n",
+                dest.display(),
+                have.uid,
+                have.gid,
+                want.uid,
+                want.gid
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(content: &str, mode: u32) -> FileState {
+        FileState {
+            content: content.as_bytes().to_vec(),
+            mode,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    #[test]
+    fn identical_files_have_no_difference() {
+        let a = state("x\n", 0o644);
+        assert!(!difference(Some(&a), &a).any());
+    }
+
+    #[test]
+    fn content_mode_and_missing_are_told_apart() {
+        let have = state("x\n", 0o644);
+        assert_eq!(
+            difference(Some(&have), &state("y\n", 0o644)).describe(),
+            "content"
+        );
+        assert_eq!(
+            difference(Some(&have), &state("y\n", 0o600)).describe(),
+            "content, mode"
+        );
+        assert_eq!(difference(None, &have).describe(), "missing");
+    }
+
+    #[test]
+    fn diff_is_unified_and_names_the_destination() {
+        let diff = unified_diff(
+            Path::new("/etc/x.conf"),
+            Some(&state("a\nb\n", 0o644)),
+            &state("a\nc\n", 0o600),
+        );
+        assert!(diff.contains("--- /etc/x.conf"), "{diff}");
+        assert!(diff.contains("-b\n+c\n"), "{diff}");
+        assert!(diff.contains("mode /etc/x.conf: 0644 -> 0600"), "{diff}");
+    }
+
+    #[test]
+    fn a_symlinked_destination_resolves_to_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("real.conf");
+        fs::write(&target, "x").unwrap();
+        let link = dir.path().join("link.conf");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert_eq!(
+            resolve_dest(&link).unwrap(),
+            fs::canonicalize(&target).unwrap()
+        );
+        let missing = dir.path().join("new.conf");
+        assert_eq!(resolve_dest(&missing).unwrap(), missing);
+    }
+}

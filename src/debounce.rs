@@ -1,0 +1,205 @@
+//! Time-based decisions as pure functions of events and a clock: debounce
+//! windows and retry backoff. Nothing here sleeps or reads the clock itself,
+//! so the watch loop's timing is tested without waiting.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+use crate::duration::Wait;
+
+/// Pending changes per key (a unit): due after `min` of quiet, and at the
+/// latest `max` after the first change of the burst.
+#[derive(Debug)]
+pub struct Debouncer<K> {
+    pending: HashMap<K, Window>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    first: Instant,
+    last: Instant,
+    wait: Wait,
+}
+
+impl Window {
+    fn due_at(&self) -> Instant {
+        (self.last + self.wait.min).min(self.first + self.wait.max)
+    }
+}
+
+impl<K: Hash + Eq + Clone> Default for Debouncer<K> {
+    fn default() -> Self {
+        Debouncer {
+            pending: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> Debouncer<K> {
+    /// Records a change to `key` at `now`.
+    pub fn touch(&mut self, key: K, now: Instant, wait: Wait) {
+        self.pending
+            .entry(key)
+            .and_modify(|w| w.last = now)
+            .or_insert(Window {
+                first: now,
+                last: now,
+                wait,
+            });
+    }
+
+    /// Makes `key` due at once (start-up, resync, retries).
+    pub fn now(&mut self, key: K, now: Instant) {
+        let zero = Wait {
+            min: Duration::ZERO,
+            max: Duration::ZERO,
+        };
+        self.pending.insert(
+            key,
+            Window {
+                first: now,
+                last: now,
+                wait: zero,
+            },
+        );
+    }
+
+    /// The earliest moment something becomes due.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.pending.values().map(Window::due_at).min()
+    }
+
+    /// Removes and returns every key due at `now`.
+    pub fn take_due(&mut self, now: Instant) -> Vec<K> {
+        let due: Vec<K> = self
+            .pending
+            .iter()
+            .filter(|(_, w)| w.due_at() <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &due {
+            self.pending.remove(k);
+        }
+        due
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.pending.clear();
+    }
+}
+
+/// Capped exponential backoff with jitter: 0.5 s, 1 s, 2 s … up to `cap`,
+/// each stretched by up to a quarter at random so that many hosts do not
+/// retry in step.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_millis(500),
+            cap: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before retry number `attempt` (1-based), with `jitter` in
+    /// 0.0..1.0.
+    pub fn delay(&self, attempt: u32, jitter: f64) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+        let capped = exp.min(self.cap);
+        capped + capped.mul_f64(jitter.clamp(0.0, 1.0) / 4.0)
+    }
+
+    /// The delay with random jitter.
+    pub fn next(&self, attempt: u32) -> Duration {
+        self.delay(attempt, rand::random::<f64>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn wait(min: u64, max: u64) -> Wait {
+        Wait {
+            min: ms(min),
+            max: ms(max),
+        }
+    }
+
+    #[test]
+    fn a_single_change_is_due_after_min_of_quiet() {
+        let t0 = Instant::now();
+        let mut d = Debouncer::default();
+        d.touch("bird", t0, wait(100, 1000));
+        assert!(d.take_due(t0 + ms(99)).is_empty());
+        assert_eq!(d.next_deadline(), Some(t0 + ms(100)));
+        assert_eq!(d.take_due(t0 + ms(100)), ["bird"]);
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn a_steady_burst_is_due_at_max_after_its_first_change() {
+        let t0 = Instant::now();
+        let mut d = Debouncer::default();
+        // A change every 50 ms never leaves 100 ms of quiet.
+        for i in 0..40 {
+            let now = t0 + ms(50 * i);
+            if i > 0 && d.take_due(now) == ["bird"] {
+                assert_eq!(now, t0 + ms(1000), "due exactly at MAX");
+                return;
+            }
+            d.touch("bird", now, wait(100, 1000));
+        }
+        panic!("the burst never became due");
+    }
+
+    #[test]
+    fn keys_debounce_independently() {
+        let t0 = Instant::now();
+        let mut d = Debouncer::default();
+        d.touch("a", t0, wait(100, 1000));
+        d.touch("b", t0 + ms(80), wait(100, 1000));
+        assert_eq!(d.take_due(t0 + ms(100)), ["a"]);
+        assert_eq!(d.take_due(t0 + ms(180)), ["b"]);
+    }
+
+    #[test]
+    fn now_makes_a_key_due_immediately() {
+        let t0 = Instant::now();
+        let mut d = Debouncer::default();
+        d.touch("a", t0, wait(100, 1000));
+        d.now("a", t0);
+        assert_eq!(d.take_due(t0), ["a"]);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_bounded_jitter() {
+        let b = Backoff {
+            base: ms(500),
+            cap: Duration::from_secs(30),
+        };
+        assert_eq!(b.delay(1, 0.0), ms(500));
+        assert_eq!(b.delay(2, 0.0), ms(1000));
+        assert_eq!(b.delay(4, 0.0), ms(4000));
+        assert_eq!(b.delay(40, 0.0), Duration::from_secs(30));
+        assert_eq!(b.delay(1, 1.0), ms(625));
+        assert!(b.next(3) >= ms(2000) && b.next(3) <= ms(2500));
+    }
+}

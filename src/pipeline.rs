@@ -1,0 +1,208 @@
+//! The per-unit pipeline, render → compare → stage → check → commit, and the
+//! batch around it: every affected unit is committed first, then each
+//! distinct reload action runs once.
+//!
+//! Invariants kept here: nothing is written or reloaded when no output
+//! changed; a failed render or check leaves every destination untouched;
+//! one failing unit never stops the others.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tracing::Instrument;
+
+use crate::check;
+use crate::commit;
+use crate::compare::{self, FileState};
+use crate::error::{ReloadFailure, UnitError};
+use crate::reload;
+use crate::render::Renderer;
+use crate::resource::{Reload, Unit};
+use crate::stage::Stage;
+use crate::store::Store;
+
+/// What the run is allowed to do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Render and compare only: write nothing, run nothing.
+    pub noop: bool,
+    /// With `noop`, print a unified diff of each change on stdout.
+    pub diff: bool,
+    /// Write files but skip check and reload.
+    pub sync_only: bool,
+    /// Leave staging directories in place (for debugging).
+    pub keep_stage: bool,
+}
+
+/// What happened to one unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Unchanged,
+    /// `--noop` and the output differs from the destinations.
+    WouldChange,
+    /// These destinations were written.
+    Committed(Vec<Committed>),
+}
+
+/// One destination written by a commit, as committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub dest: PathBuf,
+    pub state: FileState,
+}
+
+/// What a unit would write: every member, changed or not.
+struct Planned {
+    dest: PathBuf,
+    have: Option<FileState>,
+    want: FileState,
+}
+
+/// The result of one batch.
+#[derive(Debug, Default)]
+pub struct BatchReport {
+    /// Units processed, with their outcome or error, in batch order.
+    pub units: Vec<(String, Result<Outcome, UnitError>)>,
+    /// Reload actions that failed, with the units that wanted them.
+    pub failed_reloads: Vec<(Reload, Vec<String>, ReloadFailure)>,
+}
+
+impl BatchReport {
+    pub fn failures(&self) -> usize {
+        self.units.iter().filter(|(_, r)| r.is_err()).count() + self.failed_reloads.len()
+    }
+}
+
+pub struct Pipeline<'a> {
+    pub renderer: &'a Renderer,
+    pub options: Options,
+}
+
+impl Pipeline<'_> {
+    /// Processes `units` against one store snapshot, then reloads.
+    pub async fn run_batch(&self, units: &[&Unit], store: &Arc<Store>) -> BatchReport {
+        let mut report = BatchReport::default();
+        let mut reloads: Vec<(Reload, PathBuf, Vec<String>)> = Vec::new();
+        for unit in units {
+            let span = tracing::info_span!("unit", unit = %unit.name);
+            let result = self.process(unit, store).instrument(span).await;
+            match &result {
+                Ok(Outcome::Committed(_)) if self.reloads() && !unit.reload.is_none() => {
+                    match reloads.iter_mut().find(|(r, _, _)| *r == unit.reload) {
+                        Some((_, _, names)) => names.push(unit.name.clone()),
+                        None => reloads.push((
+                            unit.reload.clone(),
+                            unit.templates[0].dest.clone(),
+                            vec![unit.name.clone()],
+                        )),
+                    }
+                }
+                Err(e) => tracing::error!(unit = %unit.name, error = %e, "unit failed"),
+                _ => {}
+            }
+            report.units.push((unit.name.clone(), result));
+        }
+        for (action, dest, names) in reloads {
+            let span = tracing::info_span!("reload", units = %names.join(","));
+            if let Err(e) = reload::reload(&action, &dest).instrument(span).await {
+                tracing::error!(units = %names.join(","), error = %e, "reload failed");
+                report.failed_reloads.push((action, names, e));
+            }
+        }
+        report
+    }
+
+    fn reloads(&self) -> bool {
+        !self.options.noop && !self.options.sync_only
+    }
+
+    /// Renders, compares, stages, checks and commits one unit.
+    pub async fn process(&self, unit: &Unit, store: &Arc<Store>) -> Result<Outcome, UnitError> {
+        let planned = self.plan(unit, store)?;
+        let changed: Vec<bool> = planned
+            .iter()
+            .map(|p| compare::difference(p.have.as_ref(), &p.want).any())
+            .collect();
+        if !changed.contains(&true) {
+            tracing::debug!("unchanged");
+            return Ok(Outcome::Unchanged);
+        }
+        if self.options.noop {
+            self.report_noop(&planned, &changed);
+            return Ok(Outcome::WouldChange);
+        }
+        let members = planned
+            .iter()
+            .map(|p| (p.dest.clone(), p.want.clone()))
+            .collect();
+        let stage = Stage::create(&unit.name, members, self.options.keep_stage)?;
+        if !self.options.sync_only {
+            check::check(unit, &stage)
+                .await
+                .map_err(|source| UnitError::Check {
+                    dest: planned[0].dest.clone(),
+                    source,
+                })?;
+        }
+        let mut committed = Vec::new();
+        for (file, changed) in stage.files().iter().zip(&changed) {
+            if !changed {
+                continue;
+            }
+            let method = commit::commit(file)?;
+            tracing::info!(dest = %file.dest.display(), method = ?method, "committed");
+            committed.push(Committed {
+                dest: file.dest.clone(),
+                state: file.state.clone(),
+            });
+        }
+        Ok(Outcome::Committed(committed))
+    }
+
+    /// Renders every member and works out what it should look like.
+    fn plan(&self, unit: &Unit, store: &Arc<Store>) -> Result<Vec<Planned>, UnitError> {
+        let mut planned = Vec::with_capacity(unit.templates.len());
+        for template in &unit.templates {
+            let rendered = self.renderer.render(template, store)?;
+            let io = |source| UnitError::Stage {
+                path: template.dest.clone(),
+                source,
+            };
+            let dest = compare::resolve_dest(&template.dest).map_err(io)?;
+            let have = compare::current(&dest).map_err(io)?;
+            // Unset attributes keep what the destination has, as confd does.
+            let want = FileState {
+                content: rendered.text.into_bytes(),
+                mode: template
+                    .mode
+                    .or(have.as_ref().map(|h| h.mode))
+                    .unwrap_or(0o644),
+                uid: template
+                    .uid
+                    .or(have.as_ref().map(|h| h.uid))
+                    .unwrap_or_else(|| nix::unistd::geteuid().as_raw()),
+                gid: template
+                    .gid
+                    .or(have.as_ref().map(|h| h.gid))
+                    .unwrap_or_else(|| nix::unistd::getegid().as_raw()),
+            };
+            planned.push(Planned { dest, have, want });
+        }
+        Ok(planned)
+    }
+
+    fn report_noop(&self, planned: &[Planned], changed: &[bool]) {
+        let mut stdout = std::io::stdout().lock();
+        for (p, _) in planned.iter().zip(changed).filter(|(_, c)| **c) {
+            let what = compare::difference(p.have.as_ref(), &p.want).describe();
+            tracing::info!(dest = %p.dest.display(), differs = %what, "would change");
+            if self.options.diff {
+                let diff = compare::unified_diff(&p.dest, p.have.as_ref(), &p.want);
+                // stdout carries only what was asked for; a closed pipe is not our error.
+                let _ = stdout.write_all(diff.as_bytes());
+            }
+        }
+        let _ = stdout.flush();
+    }
+}

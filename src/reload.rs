@@ -1,0 +1,36 @@
+//! Reload: tell a daemon to re-read its configuration, once per distinct
+//! action per batch, after every unit of the batch is committed.
+//!
+//! A failed reload is reported and counted; it never stops confera.
+
+use std::path::Path;
+
+use crate::bird::{self, Configure};
+use crate::command;
+use crate::error::ReloadFailure;
+use crate::process;
+use crate::resource::Reload;
+
+/// Runs every method that `action` names: BIRD's control socket, a signal
+/// to the daemon, and `reload_cmd`, in that order. `dest` fills in
+/// `{{src}}`/`{{dest}}` of the command.
+pub async fn reload(action: &Reload, dest: &Path) -> Result<(), ReloadFailure> {
+    if let Some(socket) = &action.bird_socket {
+        let outcome = bird::configure(socket, &Configure::Plain, action.timeout).await?;
+        tracing::info!(socket = %socket.display(), outcome = ?outcome, "bird reconfigured");
+    }
+    if let Some(signal) = action.signal {
+        let pids = process::signal_daemon(
+            action.pid_file.as_deref(),
+            action.process_name.as_deref(),
+            signal,
+        )?;
+        tracing::info!(signal = %signal, pids = ?pids.iter().map(|p| p.as_raw()).collect::<Vec<_>>(), "signalled daemon");
+    }
+    if let Some(cmd) = &action.cmd {
+        let cmd = command::expand(cmd, dest, dest);
+        command::run(&cmd, action.timeout).await?;
+        tracing::info!(command = %cmd, "reload command succeeded");
+    }
+    Ok(())
+}

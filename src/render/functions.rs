@@ -1,0 +1,267 @@
+//! The confd-style template functions (`getv`, `get`, `gets`, `getvs`,
+//! `exists`, `ls`, `lsdir`).
+//!
+//! Tera functions are registered once per engine, but each render reads its
+//! own store snapshot and may only see its own keys, so a render publishes
+//! that scope in a thread-local for the duration of the (synchronous) render.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use tera::{Kwargs, Map, State, Tera, TeraResult, Value};
+
+use crate::resource::Template;
+use crate::store::{is_under, join_keys, normalize_key, Store};
+
+/// A key a template read, relative to the resource's prefix, with its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRead {
+    pub key: String,
+    pub value: String,
+}
+
+struct ScopeData {
+    store: Arc<Store>,
+    prefix: String,
+    keys: Vec<String>,
+    reads: Vec<KeyRead>,
+}
+
+thread_local! {
+    static SCOPE: RefCell<Option<ScopeData>> = const { RefCell::new(None) };
+}
+
+/// Publishes a render's store and keys to the template functions until
+/// dropped or finished.
+pub(super) struct Scope(());
+
+impl Scope {
+    pub(super) fn enter(store: Arc<Store>, template: &Template) -> Scope {
+        SCOPE.with(|s| {
+            *s.borrow_mut() = Some(ScopeData {
+                store,
+                prefix: template.prefix.clone(),
+                keys: template.keys.clone(),
+                reads: Vec::new(),
+            })
+        });
+        Scope(())
+    }
+
+    /// Ends the scope and returns the keys read.
+    pub(super) fn finish(self) -> Vec<KeyRead> {
+        SCOPE.with(|s| s.borrow_mut().take().map(|d| d.reads).unwrap_or_default())
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        SCOPE.with(|s| s.borrow_mut().take());
+    }
+}
+
+fn with_scope<T>(f: impl FnOnce(&mut ScopeData) -> TeraResult<T>) -> TeraResult<T> {
+    SCOPE.with(|s| match s.borrow_mut().as_mut() {
+        Some(scope) => f(scope),
+        None => Err(tera::Error::message(
+            "store functions are only available while rendering a resource",
+        )),
+    })
+}
+
+impl ScopeData {
+    fn absolute(&self, key: &str) -> String {
+        join_keys(&[&self.prefix, key])
+    }
+
+    fn relative(&self, absolute: &str) -> String {
+        if self.prefix == "/" {
+            return absolute.to_string();
+        }
+        normalize_key(
+            absolute
+                .strip_prefix(self.prefix.as_str())
+                .unwrap_or(absolute),
+        )
+    }
+
+    fn in_scope(&self, absolute: &str) -> bool {
+        self.keys.iter().any(|k| is_under(absolute, k))
+    }
+
+    /// A single key must lie under one of the resource's keys.
+    fn check_key(&self, key: &str) -> TeraResult<String> {
+        let absolute = self.absolute(key);
+        if self.in_scope(&absolute) {
+            Ok(absolute)
+        } else {
+            Err(self.outside(key))
+        }
+    }
+
+    /// A path may also be an ancestor of the resource's keys (`ls("/")`);
+    /// results are then limited to the keys in scope.
+    fn check_path(&self, path: &str) -> TeraResult<String> {
+        let absolute = self.absolute(path);
+        if self.in_scope(&absolute) || self.keys.iter().any(|k| is_under(k, &absolute)) {
+            Ok(absolute)
+        } else {
+            Err(self.outside(path))
+        }
+    }
+
+    fn outside(&self, key: &str) -> tera::Error {
+        let keys: Vec<String> = self.keys.iter().map(|k| self.relative(k)).collect();
+        tera::Error::message(format!(
+            "key `{}` is not under this resource's keys [{}]; add it to `keys` in the resource file",
+            normalize_key(key),
+            keys.join(", ")
+        ))
+    }
+
+    fn record(&mut self, absolute: &str, value: &str) {
+        let key = self.relative(absolute);
+        self.reads.push(KeyRead {
+            key,
+            value: value.to_string(),
+        });
+    }
+
+    fn entry(&mut self, absolute: &str, value: &str) -> Value {
+        self.record(absolute, value);
+        let mut map = Map::new();
+        map.insert("key".into(), Value::from(self.relative(absolute)));
+        map.insert("value".into(), Value::from(value));
+        Value::from(map)
+    }
+
+    fn glob(&mut self, pattern: &str) -> TeraResult<Vec<(String, String)>> {
+        // The literal part before the first `*` decides the scope check.
+        let literal = pattern.split('*').next().unwrap_or("");
+        let literal_path = match literal.rfind('/') {
+            Some(i) => &literal[..i.max(1)],
+            None => "/",
+        };
+        self.check_path(literal_path)?;
+        let absolute = self.absolute(pattern);
+        let store = self.store.clone();
+        Ok(store
+            .glob(&absolute)
+            .into_iter()
+            .filter(|(k, _)| self.in_scope(k))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
+    }
+
+    fn children(&mut self, path: &str, dirs_only: bool) -> TeraResult<Vec<String>> {
+        let absolute = self.check_path(path)?;
+        let store = self.store.clone();
+        let base = if absolute == "/" {
+            String::new()
+        } else {
+            absolute.clone()
+        };
+        Ok(store
+            .children(&absolute)
+            .into_iter()
+            .filter(|(_, is_dir)| !dirs_only || *is_dir)
+            .map(|(name, _)| name)
+            // A child is visible when anything in scope lies at or under it,
+            // or when it lies under a key (the path itself is in scope).
+            .filter(|name| {
+                let child = format!("{base}/{name}");
+                self.in_scope(&child) || self.keys.iter().any(|k| is_under(k, &child))
+            })
+            .collect())
+    }
+}
+
+fn key_arg(kwargs: &Kwargs, name: &str) -> TeraResult<String> {
+    kwargs.must_get::<&str>(name).map(str::to_string)
+}
+
+fn getv(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    let key = key_arg(&kwargs, "key")?;
+    let default = kwargs.get::<&str>("default")?.map(str::to_string);
+    with_scope(|scope| {
+        let absolute = scope.check_key(&key)?;
+        match scope.store.clone().get(&absolute) {
+            Some(value) => {
+                scope.record(&absolute, value);
+                Ok(Value::from(value))
+            }
+            None => default.map(Value::from).ok_or_else(|| missing(&key)),
+        }
+    })
+}
+
+fn get(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    let key = key_arg(&kwargs, "key")?;
+    with_scope(|scope| {
+        let absolute = scope.check_key(&key)?;
+        match scope.store.clone().get(&absolute) {
+            Some(value) => Ok(scope.entry(&absolute, value)),
+            None => Err(missing(&key)),
+        }
+    })
+}
+
+fn exists(kwargs: Kwargs, _: &State) -> TeraResult<bool> {
+    let key = key_arg(&kwargs, "key")?;
+    with_scope(|scope| {
+        let absolute = scope.check_key(&key)?;
+        Ok(scope.store.get(&absolute).is_some())
+    })
+}
+
+fn gets(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    let pattern = key_arg(&kwargs, "pattern")?;
+    with_scope(|scope| {
+        let entries = scope.glob(&pattern)?;
+        let values: Vec<Value> = entries.iter().map(|(k, v)| scope.entry(k, v)).collect();
+        Ok(Value::from(values))
+    })
+}
+
+fn getvs(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    let pattern = key_arg(&kwargs, "pattern")?;
+    with_scope(|scope| {
+        let entries = scope.glob(&pattern)?;
+        let values: Vec<Value> = entries
+            .iter()
+            .map(|(k, v)| {
+                scope.record(k, v);
+                Value::from(v.as_str())
+            })
+            .collect();
+        Ok(Value::from(values))
+    })
+}
+
+fn ls(kwargs: Kwargs, _: &State) -> TeraResult<Vec<String>> {
+    let path = key_arg(&kwargs, "path")?;
+    with_scope(|scope| scope.children(&path, false))
+}
+
+fn lsdir(kwargs: Kwargs, _: &State) -> TeraResult<Vec<String>> {
+    let path = key_arg(&kwargs, "path")?;
+    with_scope(|scope| scope.children(&path, true))
+}
+
+fn missing(key: &str) -> tera::Error {
+    tera::Error::message(format!(
+        "key `{}` not found; give getv a default (getv(key=\"{}\", default=\"...\")) if it is optional",
+        normalize_key(key),
+        normalize_key(key)
+    ))
+}
+
+pub(super) fn register(tera: &mut Tera) {
+    tera.register_function("getv", getv);
+    tera.register_function("get", get);
+    tera.register_function("exists", exists);
+    tera.register_function("gets", gets);
+    tera.register_function("getvs", getvs);
+    tera.register_function("ls", ls);
+    tera.register_function("lsdir", lsdir);
+}

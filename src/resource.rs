@@ -1,0 +1,592 @@
+//! Template resources: parsing `<confdir>/conf.d/*.toml` into [`Unit`]s.
+//!
+//! A unit is one conf.d file and describes one daemon: one template (confd's
+//! single `[template]` table) or a set of them (`[[template]]`) that share
+//! their check and reload settings and are committed together. Parsing never
+//! touches a backend and never writes a file.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::Deserialize;
+
+use crate::duration::{parse_duration, Wait};
+use crate::error::ConfigError;
+use crate::process;
+use crate::store::{is_under, join_keys, normalize_key};
+
+const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One conf.d file: the templates of one daemon and how to check and reload it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unit {
+    /// The conf.d file's stem, used in logs and stage file names.
+    pub name: String,
+    pub path: PathBuf,
+    pub templates: Vec<Template>,
+    pub check_cmd: Option<String>,
+    pub check_timeout: Duration,
+    pub reload: Reload,
+    pub wait: Option<Wait>,
+    pub drift: Drift,
+}
+
+/// One rendered file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    /// The template's name inside the templates directory (`bird.conf.tera`).
+    pub src: String,
+    pub dest: PathBuf,
+    /// The effective prefix (global `--prefix` joined with the resource's).
+    pub prefix: String,
+    /// Absolute store prefixes this template may read (prefix joined with each key).
+    pub keys: Vec<String>,
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+/// How a daemon is told to re-read its configuration. Two units with equal
+/// `Reload`s are reloaded once per batch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Reload {
+    pub cmd: Option<String>,
+    pub signal: Option<Signal>,
+    pub pid_file: Option<PathBuf>,
+    pub process_name: Option<String>,
+    pub bird_socket: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+impl Reload {
+    pub fn is_none(&self) -> bool {
+        self.cmd.is_none() && self.signal.is_none() && self.bird_socket.is_none()
+    }
+}
+
+/// What to do when a destination is changed by someone else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Drift {
+    #[default]
+    Restore,
+    Warn,
+    Ignore,
+}
+
+impl Unit {
+    /// Whether a change to `key` (absolute, normalised) concerns this unit.
+    pub fn watches(&self, key: &str) -> bool {
+        self.templates
+            .iter()
+            .any(|t| t.keys.iter().any(|prefix| is_under(key, prefix)))
+    }
+
+    /// Every absolute prefix the unit reads.
+    pub fn prefixes(&self) -> impl Iterator<Item = &str> {
+        self.templates
+            .iter()
+            .flat_map(|t| t.keys.iter().map(String::as_str))
+    }
+}
+
+/// Where to find things, and the global prefix.
+#[derive(Debug, Clone)]
+pub struct Layout<'a> {
+    pub confdir: &'a Path,
+    pub prefix: &'a str,
+}
+
+impl Layout<'_> {
+    pub fn templates_dir(&self) -> PathBuf {
+        self.confdir.join("templates")
+    }
+
+    pub fn confd_dir(&self) -> PathBuf {
+        self.confdir.join("conf.d")
+    }
+}
+
+/// Reads every `conf.d/*.toml` in sorted order.
+pub fn load_all(layout: &Layout) -> Result<Vec<Unit>, ConfigError> {
+    let dir = layout.confd_dir();
+    let entries = fs::read_dir(&dir).map_err(|source| ConfigError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|ext| ext == "toml") && p.is_file())
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        return Err(ConfigError::NoResources { dir });
+    }
+    paths.iter().map(|p| load(layout, p)).collect()
+}
+
+/// Parses one conf.d file.
+pub fn load(layout: &Layout, path: &Path) -> Result<Unit, ConfigError> {
+    let text = fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(layout, path, &text)
+}
+
+/// Parses the text of a conf.d file named `path`.
+pub fn parse(layout: &Layout, path: &Path, text: &str) -> Result<Unit, ConfigError> {
+    let syntax = |e: toml::de::Error| ConfigError::Resource {
+        path: path.to_path_buf(),
+        message: e.to_string().trim_end().to_string(),
+    };
+    // Peek at the shape first so the real parse keeps toml's line numbers.
+    let table: toml::Table = toml::from_str(text).map_err(syntax)?;
+    let (shared, raw_templates) = match table.get("template") {
+        Some(toml::Value::Array(_)) => {
+            let mut raw: RawFile<Vec<RawTemplate>> = toml::from_str(text).map_err(syntax)?;
+            (raw.take_shared(), raw.template)
+        }
+        Some(_) => {
+            let mut raw: RawFile<RawTemplate> = toml::from_str(text).map_err(syntax)?;
+            (raw.take_shared(), vec![raw.template])
+        }
+        None => {
+            return Err(ConfigError::field(
+                path,
+                "template",
+                "missing: add a [template] table (or [[template]] entries)",
+            ))
+        }
+    };
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if raw_templates.is_empty() {
+        return Err(ConfigError::field(path, "template", "no templates listed"));
+    }
+    let ctx = Ctx { layout, path };
+    let multi = raw_templates.len() > 1;
+    let mut shared = shared;
+    let mut templates = Vec::with_capacity(raw_templates.len());
+    for mut raw in raw_templates {
+        let own_shared = raw.take_shared();
+        if multi {
+            if let Some(field) = own_shared.first_set() {
+                return Err(ConfigError::field(
+                    path,
+                    field,
+                    "check and reload settings of a template set belong at the top level of the file, shared by all its templates",
+                ));
+            }
+        }
+        shared = shared.merge(own_shared, path)?;
+        templates.push(ctx.template(raw)?);
+    }
+    ctx.unit(name, shared, templates)
+}
+
+struct Ctx<'a> {
+    layout: &'a Layout<'a>,
+    path: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn err(&self, field: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::field(self.path, field, message)
+    }
+
+    fn template(&self, raw: RawTemplate) -> Result<Template, ConfigError> {
+        let src = raw.src.ok_or_else(|| self.err("src", "missing"))?;
+        let dest = raw.dest.ok_or_else(|| self.err("dest", "missing"))?;
+        if src.trim().is_empty() {
+            return Err(self.err("src", "is empty"));
+        }
+        if dest.as_os_str().is_empty() {
+            return Err(self.err("dest", "is empty"));
+        }
+        let dest = if dest.is_absolute() {
+            dest
+        } else {
+            self.layout.confdir.join(dest)
+        };
+        let prefix = join_keys(&[self.layout.prefix, raw.prefix.as_deref().unwrap_or("")]);
+        let mut keys: Vec<String> = raw
+            .keys
+            .unwrap_or_default()
+            .iter()
+            .map(|k| join_keys(&[&prefix, k]))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let mode = raw.mode.as_deref().map(parse_mode).transpose();
+        let mode = mode.map_err(|m| self.err("mode", m))?;
+        let uid = match (raw.uid, raw.owner.as_ref()) {
+            (Some(_), Some(_)) => {
+                return Err(self.err("owner", "set either uid or owner, not both"))
+            }
+            (Some(id), None) => Some(id),
+            (None, Some(owner)) => Some(resolve_user(owner).map_err(|m| self.err("owner", m))?),
+            (None, None) => None,
+        };
+        let gid = match (raw.gid, raw.group.as_ref()) {
+            (Some(_), Some(_)) => {
+                return Err(self.err("group", "set either gid or group, not both"))
+            }
+            (Some(id), None) => Some(id),
+            (None, Some(group)) => Some(resolve_group(group).map_err(|m| self.err("group", m))?),
+            (None, None) => None,
+        };
+        Ok(Template {
+            src,
+            dest,
+            prefix,
+            keys,
+            mode,
+            uid,
+            gid,
+        })
+    }
+
+    fn unit(
+        &self,
+        name: String,
+        shared: RawShared,
+        templates: Vec<Template>,
+    ) -> Result<Unit, ConfigError> {
+        let duration = |field: &str, value: Option<String>, default: Duration| match value {
+            Some(text) => parse_duration(&text).map_err(|m| self.err(field, m)),
+            None => Ok(default),
+        };
+        let signal = shared
+            .reload_signal
+            .as_deref()
+            .map(process::parse_signal)
+            .transpose()
+            .map_err(|e| self.err("reload_signal", e.to_string()))?;
+        let targets_a_process = shared.pid_file.is_some() || shared.process_name.is_some();
+        // A pid file or process name without a signal means confd-style SIGHUP.
+        let signal = signal.or(targets_a_process.then_some(Signal::SIGHUP));
+        if signal.is_some() && !targets_a_process {
+            return Err(self.err(
+                "reload_signal",
+                "needs pid_file or process_name to know which process to signal",
+            ));
+        }
+        let wait = shared
+            .wait
+            .as_deref()
+            .map(str::parse::<Wait>)
+            .transpose()
+            .map_err(|m| self.err("wait", m))?;
+        let mut seen = std::collections::HashSet::new();
+        for t in &templates {
+            if !seen.insert(&t.dest) {
+                return Err(self.err("dest", format!("{} is listed twice", t.dest.display())));
+            }
+        }
+        Ok(Unit {
+            name,
+            path: self.path.to_path_buf(),
+            templates,
+            check_cmd: shared.check_cmd.filter(|c| !c.trim().is_empty()),
+            check_timeout: duration("check_timeout", shared.check_timeout, DEFAULT_CHECK_TIMEOUT)?,
+            reload: Reload {
+                cmd: shared.reload_cmd.filter(|c| !c.trim().is_empty()),
+                signal,
+                pid_file: shared.pid_file,
+                process_name: shared.process_name,
+                bird_socket: shared.bird_socket,
+                timeout: duration(
+                    "reload_timeout",
+                    shared.reload_timeout,
+                    DEFAULT_RELOAD_TIMEOUT,
+                )?,
+            },
+            wait,
+            drift: shared.drift.unwrap_or_default(),
+        })
+    }
+}
+
+/// Parses an octal mode string such as `0644`, `644` or `0o644`.
+pub fn parse_mode(text: &str) -> Result<u32, String> {
+    let digits = text.trim_start_matches("0o");
+    let mode = u32::from_str_radix(digits, 8)
+        .map_err(|_| format!("`{text}` is not an octal file mode such as \"0644\""))?;
+    if mode > 0o7777 {
+        return Err(format!("`{text}` is larger than 07777"));
+    }
+    Ok(mode)
+}
+
+fn resolve_user(name: &str) -> Result<u32, String> {
+    if let Ok(id) = name.parse() {
+        return Ok(id);
+    }
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(user)) => Ok(user.uid.as_raw()),
+        Ok(None) => Err(format!("no user named `{name}` exists on this host")),
+        Err(e) => Err(format!("looking up user `{name}`: {e}")),
+    }
+}
+
+fn resolve_group(name: &str) -> Result<u32, String> {
+    if let Ok(id) = name.parse() {
+        return Ok(id);
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => Err(format!("no group named `{name}` exists on this host")),
+        Err(e) => Err(format!("looking up group `{name}`: {e}")),
+    }
+}
+
+/// Declares a raw TOML struct holding `$own` fields plus every shared
+/// setting, so that `deny_unknown_fields` sees the whole table (serde's
+/// `flatten` would disable it).
+macro_rules! raw_with_shared {
+    ($(#[$meta:meta])* $name:ident<$($g:ident)?> { $($own:ident : $ty:ty),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct $name$(<$g>)? {
+            $($own: $ty,)*
+            check_cmd: Option<String>,
+            reload_cmd: Option<String>,
+            reload_signal: Option<String>,
+            pid_file: Option<PathBuf>,
+            process_name: Option<String>,
+            bird_socket: Option<PathBuf>,
+            check_timeout: Option<String>,
+            reload_timeout: Option<String>,
+            wait: Option<String>,
+            drift: Option<Drift>,
+        }
+
+        impl$(<$g>)? $name$(<$g>)? {
+            fn take_shared(&mut self) -> RawShared {
+                RawShared {
+                    check_cmd: self.check_cmd.take(),
+                    reload_cmd: self.reload_cmd.take(),
+                    reload_signal: self.reload_signal.take(),
+                    pid_file: self.pid_file.take(),
+                    process_name: self.process_name.take(),
+                    bird_socket: self.bird_socket.take(),
+                    check_timeout: self.check_timeout.take(),
+                    reload_timeout: self.reload_timeout.take(),
+                    wait: self.wait.take(),
+                    drift: self.drift.take(),
+                }
+            }
+        }
+    };
+}
+
+raw_with_shared!(
+    /// The whole file. `T` is one template or a list of them.
+    RawFile<T> { template: T }
+);
+
+raw_with_shared!(
+    /// One `[template]` table: its own fields plus, as in confd, the shared
+    /// settings.
+    RawTemplate<> {
+        src: Option<String>,
+        dest: Option<PathBuf>,
+        keys: Option<Vec<String>>,
+        prefix: Option<String>,
+        mode: Option<String>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        owner: Option<String>,
+        group: Option<String>,
+    }
+);
+
+/// The shared settings, gathered from the top level and the template tables.
+#[derive(Default, PartialEq, Debug)]
+struct RawShared {
+    check_cmd: Option<String>,
+    reload_cmd: Option<String>,
+    reload_signal: Option<String>,
+    pid_file: Option<PathBuf>,
+    process_name: Option<String>,
+    bird_socket: Option<PathBuf>,
+    check_timeout: Option<String>,
+    reload_timeout: Option<String>,
+    wait: Option<String>,
+    drift: Option<Drift>,
+}
+
+macro_rules! for_each_shared_field {
+    ($mac:ident!($($args:tt)*)) => {
+        $mac!($($args)*; check_cmd, reload_cmd, reload_signal, pid_file, process_name,
+            bird_socket, check_timeout, reload_timeout, wait, drift)
+    };
+}
+
+macro_rules! merge_fields {
+    ($self:ident, $other:ident, $path:ident; $($field:ident),*) => {
+        $(
+            if $self.$field.is_some() && $other.$field.is_some() {
+                return Err(ConfigError::field(
+                    $path,
+                    stringify!($field),
+                    "is set both at the top level and inside [template]",
+                ));
+            }
+            if $other.$field.is_some() {
+                $self.$field = $other.$field;
+            }
+        )*
+    };
+}
+
+macro_rules! first_set {
+    ($self:ident; $($field:ident),*) => {
+        $( if $self.$field.is_some() { return Some(stringify!($field)); } )*
+    };
+}
+
+impl RawShared {
+    fn merge(mut self, other: RawShared, path: &Path) -> Result<RawShared, ConfigError> {
+        for_each_shared_field!(merge_fields!(self, other, path));
+        Ok(self)
+    }
+
+    fn first_set(&self) -> Option<&'static str> {
+        for_each_shared_field!(first_set!(self));
+        None
+    }
+}
+
+/// Normalised keys a template reads, relative to its prefix; used by `check`.
+pub fn relative_key(template: &Template, absolute: &str) -> String {
+    let abs = normalize_key(absolute);
+    match abs.strip_prefix(template.prefix.as_str()) {
+        Some(rest) if template.prefix != "/" => normalize_key(rest),
+        _ => abs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_text(text: &str) -> Result<Unit, String> {
+        let layout = Layout {
+            confdir: Path::new("/etc/confera"),
+            prefix: "/global",
+        };
+        parse(&layout, Path::new("/etc/confera/conf.d/bird.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_confd_style_template_table_parses() {
+        let unit = parse_text(
+            r#"
+            [template]
+            src = "bird.conf.tera"
+            dest = "out/bird.conf"
+            keys = ["/bgp", "nodes/"]
+            prefix = "/fabric"
+            mode = "644"
+            uid = 0
+            check_cmd = "bird -p -c {{src}}"
+            reload_cmd = "birdc configure"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(unit.name, "bird");
+        let t = &unit.templates[0];
+        assert_eq!(
+            t.dest,
+            Path::new("/etc/confera/out/bird.conf"),
+            "relative dest resolves against the confdir"
+        );
+        assert_eq!(t.prefix, "/global/fabric");
+        assert_eq!(t.keys, ["/global/fabric/bgp", "/global/fabric/nodes"]);
+        assert_eq!((t.mode, t.uid), (Some(0o644), Some(0)));
+        assert_eq!(unit.check_cmd.as_deref(), Some("bird -p -c {{src}}"));
+        assert_eq!(unit.reload.cmd.as_deref(), Some("birdc configure"));
+        assert_eq!(unit.reload.signal, None);
+    }
+
+    #[test]
+    fn a_template_set_shares_top_level_check_and_reload() {
+        let unit = parse_text(
+            r#"
+            check_cmd = "bird -p -c {{src}}"
+            pid_file = "/run/bird.pid"
+            wait = "100ms:2s"
+            [[template]]
+            src = "bird.conf.tera"
+            dest = "/etc/bird/bird.conf"
+            [[template]]
+            src = "filters.conf.tera"
+            dest = "/etc/bird/filters.conf"
+            keys = ["/policy"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(unit.templates.len(), 2);
+        assert_eq!(
+            unit.reload.signal,
+            Some(Signal::SIGHUP),
+            "a pid file alone means SIGHUP"
+        );
+        assert_eq!(
+            unit.reload.pid_file.as_deref(),
+            Some(Path::new("/run/bird.pid"))
+        );
+        assert_eq!(unit.wait.unwrap().max, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn bad_resources_name_the_file_and_the_field() {
+        let cases = [
+            ("[template]\ndest = \"/x\"\n", "field `src`"),
+            ("[template]\nsrc = \"a\"\n", "field `dest`"),
+            ("[template]\nsrc = \"a\"\ndest = \"/x\"\nmode = \"0999\"\n", "field `mode`"),
+            ("[template]\nsrc = \"a\"\ndest = \"/x\"\nreload_signal = \"SIGNOPE\"\npid_file = \"/p\"\n", "field `reload_signal`"),
+            ("[template]\nsrc = \"a\"\ndest = \"/x\"\nsrcc = \"b\"\n", "unknown field `srcc`"),
+            ("[template]\nsrc = \"a\"\ndest = \"/x\"\nowner = \"no-such-user-here\"\n", "field `owner`"),
+            ("[template\n", "TOML parse error"),
+            ("check_cmd = \"x\"\n", "field `template`"),
+            (
+                "[[template]]\nsrc = \"a\"\ndest = \"/x\"\ncheck_cmd = \"c\"\n[[template]]\nsrc = \"b\"\ndest = \"/y\"\n",
+                "belong at the top level",
+            ),
+            ("reload_signal = \"HUP\"\n[template]\nsrc = \"a\"\ndest = \"/x\"\n", "needs pid_file or process_name"),
+        ];
+        for (text, fragment) in cases {
+            let e = parse_text(text).unwrap_err();
+            assert!(e.contains("/etc/confera/conf.d/bird.toml"), "{e}");
+            assert!(
+                e.contains(fragment),
+                "{text:?}: expected {fragment:?} in {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn modes_are_octal_with_or_without_a_leading_zero() {
+        assert_eq!(parse_mode("0644"), Ok(0o644));
+        assert_eq!(parse_mode("644"), Ok(0o644));
+        assert_eq!(parse_mode("0o600"), Ok(0o600));
+        assert!(parse_mode("rw-r--r--").is_err());
+        assert!(parse_mode("17777").is_err());
+    }
+
+    #[test]
+    fn owners_resolve_by_name_or_id() {
+        assert_eq!(resolve_user("root"), Ok(0));
+        assert_eq!(resolve_user("1234"), Ok(1234));
+        assert_eq!(resolve_group("root"), Ok(0));
+    }
+}

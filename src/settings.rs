@@ -1,0 +1,289 @@
+//! Settings: the command line, `CONFERA_*` variables, the settings file and
+//! the defaults, resolved in that order of precedence into one [`Settings`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::{Backend, Cli, LogFormat};
+use crate::duration::Wait;
+use crate::error::ConfigError;
+use crate::pipeline::Options;
+
+pub const DEFAULT_CONFDIR: &str = "/etc/confera";
+pub const DEFAULT_NODE: &str = "http://127.0.0.1:2379";
+pub const DEFAULT_INTERVAL: u64 = 600;
+
+/// How the run proceeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Onetime,
+    /// Watch the backend; optionally resync fully every `resync`.
+    Watch {
+        resync: Option<Duration>,
+    },
+    /// Re-read everything every `interval`, confd's default mode.
+    Poll {
+        interval: Duration,
+    },
+}
+
+/// Everything a run needs to know, resolved.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub confdir: PathBuf,
+    pub backend: Backend,
+    pub nodes: Vec<String>,
+    pub files: Vec<PathBuf>,
+    pub prefix: String,
+    pub mode: Mode,
+    pub wait: Wait,
+    pub options: Options,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Settings {
+    // By hand, so the password never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("confdir", &self.confdir)
+            .field("backend", &self.backend)
+            .field("nodes", &self.nodes)
+            .field("files", &self.files)
+            .field("prefix", &self.prefix)
+            .field("mode", &self.mode)
+            .field("wait", &self.wait)
+            .field("options", &self.options)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The settings file, `confera.toml`. Unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSettings {
+    pub confdir: Option<PathBuf>,
+    pub backend: Option<Backend>,
+    pub nodes: Option<Vec<String>>,
+    pub files: Option<Vec<PathBuf>>,
+    pub prefix: Option<String>,
+    pub onetime: Option<bool>,
+    pub watch: Option<bool>,
+    pub interval: Option<u64>,
+    pub wait: Option<String>,
+    pub noop: Option<bool>,
+    pub sync_only: Option<bool>,
+    pub keep_stage_file: Option<bool>,
+    pub log_level: Option<String>,
+    pub log_format: Option<LogFormat>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl FileSettings {
+    /// Reads the file named by `--config-file`, or `<confdir>/confera.toml`
+    /// when it exists.
+    pub fn load(explicit: Option<&Path>, confdir: &Path) -> Result<FileSettings, ConfigError> {
+        let path = match explicit {
+            Some(p) => p.to_path_buf(),
+            None => {
+                let p = confdir.join("confera.toml");
+                if !p.exists() {
+                    return Ok(FileSettings::default());
+                }
+                p
+            }
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Resource {
+            path,
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+}
+
+impl Settings {
+    /// Flags and environment (already merged by clap) over the file over the defaults.
+    pub fn resolve(cli: &Cli, file: FileSettings) -> Result<Settings, ConfigError> {
+        let s = &cli.source;
+        let m = &cli.mode;
+        let o = &cli.output;
+        let wait = match (&m.wait, &file.wait) {
+            (Some(w), _) => *w,
+            (None, Some(text)) => text
+                .parse()
+                .map_err(|e| ConfigError::Settings(format!("settings file: wait: {e}")))?,
+            (None, None) => Wait::default(),
+        };
+        let interval = m.interval.or(file.interval);
+        let watch = m.watch || file.watch.unwrap_or(false);
+        let onetime = m.onetime || file.onetime.unwrap_or(false);
+        let mode = if onetime {
+            if watch {
+                return Err(ConfigError::Settings(
+                    "--onetime and --watch exclude each other".into(),
+                ));
+            }
+            Mode::Onetime
+        } else if watch {
+            Mode::Watch {
+                resync: interval.map(Duration::from_secs),
+            }
+        } else {
+            Mode::Poll {
+                interval: Duration::from_secs(interval.unwrap_or(DEFAULT_INTERVAL).max(1)),
+            }
+        };
+        let options = Options {
+            noop: o.noop || file.noop.unwrap_or(false),
+            diff: o.diff,
+            sync_only: o.sync_only || file.sync_only.unwrap_or(false),
+            keep_stage: o.keep_stage_file || file.keep_stage_file.unwrap_or(false),
+        };
+        if options.diff && !options.noop {
+            return Err(ConfigError::Settings("--diff goes with --noop".into()));
+        }
+        let confdir = s
+            .confdir
+            .clone()
+            .or(file.confdir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFDIR));
+        // Absolute, so relative destinations and logs name real paths.
+        let confdir = std::path::absolute(&confdir).unwrap_or(confdir);
+        let nodes = if !s.node.is_empty() {
+            s.node.clone()
+        } else {
+            file.nodes.unwrap_or_else(|| vec![DEFAULT_NODE.to_string()])
+        };
+        let files = if !s.file.is_empty() {
+            s.file.clone()
+        } else {
+            file.files.unwrap_or_default()
+        };
+        let backend = s.backend.or(file.backend).unwrap_or(Backend::Etcd);
+        if backend == Backend::File && files.is_empty() {
+            return Err(ConfigError::Settings(
+                "the file backend needs at least one --file".into(),
+            ));
+        }
+        Ok(Settings {
+            confdir,
+            backend,
+            nodes,
+            files,
+            prefix: s.prefix.clone().or(file.prefix).unwrap_or_default(),
+            mode,
+            wait,
+            options,
+            log_level: cli
+                .logging
+                .log_level
+                .clone()
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into()),
+            log_format: cli
+                .logging
+                .log_format
+                .or(file.log_format)
+                .unwrap_or_default(),
+            username: s.username.clone().or(file.username),
+            password: s.password.clone().or(file.password),
+        })
+    }
+
+    /// Parses the command line (with the environment) and the settings file.
+    pub fn from_cli(cli: &Cli) -> Result<Settings, ConfigError> {
+        let confdir = cli
+            .source
+            .confdir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFDIR));
+        let file = FileSettings::load(cli.source.config_file.as_deref(), &confdir)?;
+        Settings::resolve(cli, file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn resolve(args: &[&str], file: &str) -> Result<Settings, ConfigError> {
+        let mut argv = vec!["confera"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).unwrap();
+        Settings::resolve(&cli, toml::from_str(file).unwrap())
+    }
+
+    #[test]
+    fn flags_win_over_the_file_which_wins_over_defaults() {
+        // (flags, file, expected prefix, expected backend)
+        let table = [
+            (&[][..], "", "", Backend::Etcd),
+            (
+                &[][..],
+                "prefix = \"/f\"\nbackend = \"env\"",
+                "/f",
+                Backend::Env,
+            ),
+            (
+                &["--prefix", "/cli"][..],
+                "prefix = \"/f\"",
+                "/cli",
+                Backend::Etcd,
+            ),
+            (
+                &["--backend", "env"][..],
+                "backend = \"etcd\"",
+                "",
+                Backend::Env,
+            ),
+        ];
+        for (args, file, prefix, backend) in table {
+            let s = resolve(args, file).unwrap();
+            assert_eq!(
+                (s.prefix.as_str(), s.backend),
+                (prefix, backend),
+                "{args:?} / {file}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_mode_follows_confd() {
+        assert_eq!(resolve(&["--onetime"], "").unwrap().mode, Mode::Onetime);
+        assert_eq!(
+            resolve(&[], "").unwrap().mode,
+            Mode::Poll {
+                interval: Duration::from_secs(600)
+            }
+        );
+        assert_eq!(
+            resolve(&["--watch", "--interval", "30"], "").unwrap().mode,
+            Mode::Watch {
+                resync: Some(Duration::from_secs(30))
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_keys_in_the_settings_file_are_errors() {
+        let e = toml::from_str::<FileSettings>("bakend = \"etcd\"").unwrap_err();
+        assert!(e.to_string().contains("bakend"), "{e}");
+    }
+
+    #[test]
+    fn the_password_never_shows_in_debug_output() {
+        let s = resolve(&["--password", "hunter2"], "").unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

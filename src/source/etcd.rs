@@ -1,0 +1,326 @@
+//! The etcd v3 source: a consistent snapshot of several prefixes at one
+//! revision, and watches that resume from a revision.
+//!
+//! Watch streams are drained by their own tasks into a channel, never by the
+//! render loop: an unread stream makes h2 close the whole connection.
+
+use std::time::Duration;
+
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+use tokio::sync::mpsc;
+
+use crate::error::SourceError;
+use crate::store::{is_under, normalize_key, Store};
+
+/// How to reach etcd.
+#[derive(Clone)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl EtcdConfig {
+    pub fn new(endpoints: Vec<String>) -> Self {
+        EtcdConfig {
+            endpoints,
+            username: None,
+            password: None,
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.endpoints.join(",")
+    }
+}
+
+/// A connected client.
+pub struct Etcd {
+    client: Client,
+    config: EtcdConfig,
+}
+
+/// One change from a watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Put { key: String, value: String },
+    Delete { key: String },
+}
+
+/// What a watch task reports.
+#[derive(Debug)]
+pub enum WatchEvent {
+    /// Changes under the watched `prefix`, in order; every event of that
+    /// watch up to `revision` has been delivered (progress notifications
+    /// carry no changes, only the revision).
+    Changes {
+        prefix: String,
+        revision: i64,
+        changes: Vec<Change>,
+    },
+    /// The watch of `prefix` ended: `compacted` when its start revision is
+    /// gone, so only a full resync can catch up.
+    Lost {
+        prefix: String,
+        reason: String,
+        compacted: bool,
+    },
+}
+
+impl Etcd {
+    /// Connects and proves the connection with a cheap request, so that an
+    /// unreachable etcd fails within seconds, naming the endpoints.
+    pub async fn connect(config: EtcdConfig) -> Result<Etcd, SourceError> {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(config.connect_timeout)
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_require_leader(true);
+        if let (Some(user), Some(password)) = (&config.username, &config.password) {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        let endpoints: Vec<String> = config.endpoints.iter().map(|e| strip_scheme(e)).collect();
+        let err = |message: String| SourceError::Etcd {
+            endpoints: config.describe(),
+            message,
+        };
+        let connect = Client::connect(&endpoints, Some(options));
+        let client = tokio::time::timeout(config.request_timeout, connect)
+            .await
+            .map_err(|_| err(format!("no answer within {:?}", config.request_timeout)))?
+            .map_err(|e| err(describe_error(&e)))?;
+        let mut etcd = Etcd { client, config };
+        // Connecting is lazy; a read proves the endpoint answers.
+        etcd.request(
+            |mut c| async move { c.get("/", Some(GetOptions::new().with_count_only())).await },
+        )
+        .await?;
+        Ok(etcd)
+    }
+
+    fn error(&self, message: String) -> SourceError {
+        SourceError::Etcd {
+            endpoints: self.config.describe(),
+            message,
+        }
+    }
+
+    async fn request<T, F, Fut>(&mut self, f: F) -> Result<T, SourceError>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let timeout = self.config.request_timeout;
+        match tokio::time::timeout(timeout, f(self.client.clone())).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.error(describe_error(&e))),
+            Err(_) => Err(self.error(format!("request timed out after {timeout:?}"))),
+        }
+    }
+
+    /// Reads every key at or under `prefixes` at one revision, in one
+    /// transaction. The store's revision is the snapshot's.
+    pub async fn snapshot(&mut self, prefixes: &[String]) -> Result<Store, SourceError> {
+        let prefixes = merge_prefixes(prefixes);
+        let mut ops = Vec::with_capacity(prefixes.len() * 2);
+        for prefix in &prefixes {
+            if prefix == "/" {
+                ops.push(TxnOp::get("/", Some(GetOptions::new().with_prefix())));
+            } else {
+                // The key itself and everything below `prefix/`: never `prefix-x`.
+                ops.push(TxnOp::get(prefix.as_str(), None));
+                ops.push(TxnOp::get(
+                    format!("{prefix}/"),
+                    Some(GetOptions::new().with_prefix()),
+                ));
+            }
+        }
+        let response = self
+            .request(|mut c| async move { c.txn(Txn::new().and_then(ops)).await })
+            .await?;
+        let mut store = Store::new();
+        store.set_revision(response.header().map(|h| h.revision()).unwrap_or(0));
+        for op in response.op_responses() {
+            if let TxnOpResponse::Get(get) = op {
+                for kv in get.kvs() {
+                    let (Ok(key), Ok(value)) = (kv.key_str(), kv.value_str()) else {
+                        tracing::warn!(key = %String::from_utf8_lossy(kv.key()), "skipping key or value that is not UTF-8");
+                        continue;
+                    };
+                    store.insert(key, value);
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    /// Watches `prefix` (a merged prefix) from `start_revision`. The stream
+    /// is drained by its own task into `events`, each event tagged with
+    /// `generation` so the receiver can drop events of watches it replaced.
+    /// The task ends when the stream ends or `events` closes.
+    pub async fn watch(
+        &mut self,
+        prefix: &str,
+        start_revision: i64,
+        generation: u64,
+        events: mpsc::UnboundedSender<(u64, WatchEvent)>,
+    ) -> Result<tokio::task::JoinHandle<()>, SourceError> {
+        // A plain string prefix; the `/` boundary is filtered in `drain`.
+        let key = prefix.to_string();
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(start_revision)
+            .with_progress_notify();
+        let stream = self
+            .request(|mut c| async move { c.watch(key, Some(options)).await })
+            .await?;
+        Ok(tokio::spawn(drain(
+            prefix.to_string(),
+            stream,
+            generation,
+            events,
+        )))
+    }
+}
+
+/// Reads a watch stream until it ends, forwarding changes under `prefix`.
+async fn drain(
+    prefix: String,
+    mut stream: etcd_client::WatchStream,
+    generation: u64,
+    events: mpsc::UnboundedSender<(u64, WatchEvent)>,
+) {
+    let lost = loop {
+        match stream.message().await {
+            Ok(Some(response)) => {
+                if response.canceled() {
+                    let compacted = response.compact_revision() > 0;
+                    break WatchEvent::Lost {
+                        prefix: prefix.clone(),
+                        reason: if compacted {
+                            format!(
+                                "revision compacted (oldest available {})",
+                                response.compact_revision()
+                            )
+                        } else {
+                            format!("watch cancelled: {}", response.cancel_reason())
+                        },
+                        compacted,
+                    };
+                }
+                let changes: Vec<Change> = response
+                    .events()
+                    .iter()
+                    .filter_map(|event| {
+                        let kv = event.kv()?;
+                        let key = normalize_key(kv.key_str().ok()?);
+                        if !is_under(&key, &prefix) {
+                            return None;
+                        }
+                        Some(match event.event_type() {
+                            EventType::Put => Change::Put {
+                                key,
+                                value: kv.value_str().ok()?.to_string(),
+                            },
+                            EventType::Delete => Change::Delete { key },
+                        })
+                    })
+                    .collect();
+                // Resume after the last event delivered. Only a response without
+                // events (a progress notification, sent to synced watchers) vouches
+                // for its header revision: a catching-up watcher's header runs ahead.
+                let revision = response
+                    .events()
+                    .iter()
+                    .filter_map(|e| e.kv().map(|kv| kv.mod_revision()))
+                    .max()
+                    .unwrap_or_else(|| response.header().map(|h| h.revision()).unwrap_or(0));
+                let event = WatchEvent::Changes {
+                    prefix: prefix.clone(),
+                    revision,
+                    changes,
+                };
+                if events.send((generation, event)).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {
+                break WatchEvent::Lost {
+                    prefix: prefix.clone(),
+                    reason: "watch stream closed by the server".into(),
+                    compacted: false,
+                }
+            }
+            Err(e) => {
+                break WatchEvent::Lost {
+                    prefix: prefix.clone(),
+                    reason: describe_error(&e),
+                    compacted: false,
+                }
+            }
+        }
+    };
+    let _ = events.send((generation, lost));
+}
+
+/// Sorted prefixes with every prefix that lies under another dropped.
+pub fn merge_prefixes(prefixes: &[String]) -> Vec<String> {
+    let mut sorted: Vec<String> = prefixes.iter().map(|p| normalize_key(p)).collect();
+    sorted.sort();
+    sorted.dedup();
+    let mut merged: Vec<String> = Vec::with_capacity(sorted.len());
+    for prefix in sorted {
+        if !merged.iter().any(|m| is_under(&prefix, m)) {
+            merged.push(prefix);
+        }
+    }
+    merged
+}
+
+fn strip_scheme(endpoint: &str) -> String {
+    endpoint.trim_end_matches('/').to_string()
+}
+
+/// A readable one-line description of an etcd-client error, with the
+/// gRPC status message rather than its debug dump.
+fn describe_error(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            format!("{:?}: {}", status.code(), status.message())
+        }
+        etcd_client::Error::TransportError(t) => {
+            let mut text = t.to_string();
+            let mut source = std::error::Error::source(t);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_prefixes_merge_into_the_outermost() {
+        let merged = merge_prefixes(&[
+            "/app/db".into(),
+            "/app".into(),
+            "/app/dbx".into(),
+            "/other/".into(),
+            "/appx".into(),
+        ]);
+        assert_eq!(merged, ["/app", "/appx", "/other"]);
+        assert_eq!(merge_prefixes(&["/a".into(), "/".into()]), ["/"]);
+    }
+}

@@ -1,0 +1,693 @@
+//! Watch mode: the long-lived loop. Every trigger is an [`Event`] handled in
+//! one `match`; the loop owns the store and the configuration, applies
+//! changes as they arrive, and renders only the units a change touched, after
+//! their debounce window.
+//!
+//! Invariants: nothing renders before the first full snapshot is in the
+//! store; watch streams are drained by their own tasks, never by this loop;
+//! a failure of any stage keeps the last good files and is retried with
+//! backoff; shutdown waits for the batch in flight.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::cli::Backend;
+use crate::debounce::{Backoff, Debouncer};
+use crate::error::ConfigError;
+use crate::pipeline::{Outcome, Pipeline};
+use crate::reload;
+use crate::resource::{Reload, Unit};
+use crate::run::{Config, RunStatus};
+use crate::settings::{Mode, Settings};
+use crate::source::etcd::{merge_prefixes, Change, Etcd, WatchEvent};
+use crate::source::{self, env, file};
+use crate::store::Store;
+
+/// How long to let a burst of editor writes to templates settle.
+const CONFIG_SETTLE: Duration = Duration::from_millis(200);
+
+/// Everything that can wake the loop.
+#[derive(Debug)]
+enum Event {
+    /// Something from an etcd watch task, tagged with its generation.
+    Watch(u64, WatchEvent),
+    /// A data file of the file backend changed.
+    DataFiles,
+    /// A file under conf.d/ or templates/ changed.
+    ConfigFiles,
+    /// SIGHUP: reload the configuration now.
+    Hup,
+    /// A deadline passed: debounce, retry, reconnect or resync.
+    Tick,
+    Shutdown,
+}
+
+/// Which units read which prefixes, so a change costs a lookup per path
+/// segment of its key rather than a scan of every unit.
+#[derive(Debug, Default)]
+struct Index {
+    by_prefix: HashMap<String, Vec<String>>,
+}
+
+impl Index {
+    fn build(units: &[Unit]) -> Index {
+        let mut by_prefix: HashMap<String, Vec<String>> = HashMap::new();
+        for unit in units {
+            for prefix in unit.prefixes() {
+                let names = by_prefix.entry(prefix.to_string()).or_default();
+                if !names.contains(&unit.name) {
+                    names.push(unit.name.clone());
+                }
+            }
+        }
+        Index { by_prefix }
+    }
+
+    /// Units whose keys include `key`: those indexed at `key` or any ancestor.
+    fn affected<'a>(&'a self, key: &str, out: &mut HashSet<&'a str>) {
+        let mut path = key;
+        loop {
+            if let Some(names) = self.by_prefix.get(path) {
+                out.extend(names.iter().map(String::as_str));
+            }
+            if path == "/" {
+                break;
+            }
+            path = match path.rfind('/') {
+                Some(0) => "/",
+                Some(i) => &path[..i],
+                None => break,
+            };
+        }
+    }
+}
+
+/// The etcd connection and its watches.
+enum Link {
+    Down {
+        attempt: u32,
+        retry_at: Instant,
+    },
+    /// The client is held so its connection outlives the watch tasks using it.
+    Up {
+        _client: Box<Etcd>,
+        tasks: Vec<JoinHandle<()>>,
+    },
+}
+
+struct PendingReload {
+    action: Reload,
+    dest: PathBuf,
+    units: Vec<String>,
+    attempt: u32,
+    at: Instant,
+}
+
+struct Daemon {
+    settings: Settings,
+    config: Config,
+    index: Index,
+    store: Arc<Store>,
+    /// The first full snapshot is in the store.
+    synced: bool,
+    debounce: Debouncer<String>,
+    failures: HashMap<String, u32>,
+    reloads: Vec<PendingReload>,
+    backoff: Backoff,
+    // etcd only
+    link: Option<Link>,
+    generation: u64,
+    revisions: HashMap<String, i64>,
+    need_snapshot: bool,
+    watch_tx: mpsc::UnboundedSender<(u64, WatchEvent)>,
+    // deadlines
+    resync_at: Option<Instant>,
+    config_reload_at: Option<Instant>,
+    data_reload_at: Option<Instant>,
+    status: RunStatus,
+}
+
+/// Runs watch mode until `shutdown` completes.
+pub async fn run(
+    settings: Settings,
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<RunStatus, ConfigError> {
+    let (watch_tx, mut watch_rx) = mpsc::unbounded_channel();
+    let (fs_tx, mut fs_rx) = mpsc::channel::<Event>(64);
+    let _watchers = watch_files(&settings, fs_tx)?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| ConfigError::Settings(format!("installing the SIGHUP handler: {e}")))?;
+    let resync = match settings.mode {
+        Mode::Watch { resync } => resync,
+        _ => None,
+    };
+    let is_etcd = matches!(settings.backend, Backend::Etcd | Backend::Etcdv3);
+    let mut daemon = Daemon {
+        index: Index::build(&config.units),
+        settings,
+        config,
+        store: Arc::new(Store::new()),
+        synced: false,
+        debounce: Debouncer::default(),
+        failures: HashMap::new(),
+        reloads: Vec::new(),
+        backoff: Backoff::default(),
+        link: is_etcd.then(|| Link::Down {
+            attempt: 0,
+            retry_at: Instant::now(),
+        }),
+        generation: 0,
+        revisions: HashMap::new(),
+        need_snapshot: true,
+        watch_tx,
+        resync_at: resync.map(|r| Instant::now() + r),
+        config_reload_at: None,
+        data_reload_at: None,
+        status: RunStatus::Success,
+    };
+    daemon.config.remove_stale_stages();
+    if !is_etcd {
+        daemon.load_local_source();
+    }
+    tokio::pin!(shutdown);
+    loop {
+        let deadline = daemon.next_deadline();
+        let event = tokio::select! {
+            biased;
+            _ = &mut shutdown => Event::Shutdown,
+            Some((generation, e)) = watch_rx.recv() => Event::Watch(generation, e),
+            Some(e) = fs_rx.recv() => e,
+            Some(()) = hup.recv() => Event::Hup,
+            _ = sleep_until(deadline) => Event::Tick,
+        };
+        match event {
+            Event::Watch(generation, e) => daemon.on_watch(generation, e),
+            Event::DataFiles => {
+                daemon.data_reload_at = Some(Instant::now() + daemon.settings.wait.min);
+            }
+            Event::ConfigFiles => daemon.config_reload_at = Some(Instant::now() + CONFIG_SETTLE),
+            Event::Hup => {
+                tracing::info!("SIGHUP received, reloading the configuration");
+                daemon.config_reload_at = Some(Instant::now());
+            }
+            Event::Tick => daemon.on_tick(resync).await,
+            Event::Shutdown => break,
+        }
+    }
+    daemon.stop_watches();
+    tracing::info!("stopped");
+    Ok(daemon.status)
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Daemon {
+    fn next_deadline(&self) -> Option<Instant> {
+        let link = match &self.link {
+            Some(Link::Down { retry_at, .. }) => Some(*retry_at),
+            _ => None,
+        };
+        let debounce = if self.synced {
+            self.debounce.next_deadline()
+        } else {
+            None
+        };
+        [
+            link,
+            debounce,
+            self.reloads.iter().map(|r| r.at).min(),
+            self.resync_at,
+            self.config_reload_at,
+            self.data_reload_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    async fn on_tick(&mut self, resync: Option<Duration>) {
+        let now = Instant::now();
+        if self.config_reload_at.is_some_and(|t| t <= now) {
+            self.config_reload_at = None;
+            self.reload_config();
+        }
+        if self.data_reload_at.is_some_and(|t| t <= now) {
+            self.data_reload_at = None;
+            self.load_local_source();
+        }
+        if self.resync_at.is_some_and(|t| t <= now) {
+            self.resync_at = resync.map(|r| now + r);
+            tracing::info!("periodic resync");
+            self.resync();
+        }
+        if matches!(&self.link, Some(Link::Down { retry_at, .. }) if *retry_at <= now) {
+            self.connect().await;
+        }
+        if self.synced {
+            self.process_due().await;
+        }
+        self.retry_reloads().await;
+    }
+
+    /// A full re-read: etcd reconnects with a fresh snapshot; local sources
+    /// are read again.
+    fn resync(&mut self) {
+        if self.link.is_some() {
+            self.need_snapshot = true;
+            self.restart_link(0);
+        } else {
+            self.load_local_source();
+        }
+    }
+
+    // ----- etcd -----
+
+    async fn connect(&mut self) {
+        let attempt = match &self.link {
+            Some(Link::Down { attempt, .. }) => *attempt,
+            _ => return,
+        };
+        match self.try_connect().await {
+            Ok((etcd, tasks)) => {
+                tracing::info!(
+                    revision = self.store.revision(),
+                    keys = self.store.len(),
+                    "watching etcd"
+                );
+                self.link = Some(Link::Up {
+                    _client: Box::new(etcd),
+                    tasks,
+                });
+            }
+            Err(e) => {
+                let delay = self.backoff.next(attempt + 1);
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "etcd unavailable; keeping the current files");
+                self.link = Some(Link::Down {
+                    attempt: attempt + 1,
+                    retry_at: Instant::now() + delay,
+                });
+            }
+        }
+    }
+
+    async fn try_connect(
+        &mut self,
+    ) -> Result<(Etcd, Vec<JoinHandle<()>>), crate::error::SourceError> {
+        let mut etcd = Etcd::connect(source::etcd_config(&self.settings)).await?;
+        let prefixes = merge_prefixes(&self.config.prefixes());
+        if self.need_snapshot {
+            let fresh = etcd.snapshot(&prefixes).await?;
+            let revision = fresh.revision();
+            self.apply_snapshot(&prefixes, fresh);
+            self.revisions = prefixes.iter().map(|p| (p.clone(), revision)).collect();
+            self.need_snapshot = false;
+        }
+        self.generation += 1;
+        let mut tasks = Vec::with_capacity(prefixes.len());
+        for prefix in &prefixes {
+            let from = self
+                .revisions
+                .get(prefix)
+                .copied()
+                .unwrap_or(self.store.revision())
+                + 1;
+            let task = etcd
+                .watch(prefix, from, self.generation, self.watch_tx.clone())
+                .await;
+            match task {
+                Ok(task) => tasks.push(task),
+                Err(e) => {
+                    tasks.iter().for_each(JoinHandle::abort);
+                    return Err(e);
+                }
+            }
+        }
+        Ok((etcd, tasks))
+    }
+
+    fn stop_watches(&mut self) {
+        if let Some(Link::Up { tasks, .. }) = &self.link {
+            tasks.iter().for_each(JoinHandle::abort);
+        }
+    }
+
+    /// Drops the connection and reconnects after the backoff of `attempt`.
+    fn restart_link(&mut self, attempt: u32) {
+        self.stop_watches();
+        // A new generation makes events still queued from the old watches void;
+        // their revisions were not recorded, so the new watches deliver them again.
+        self.generation += 1;
+        let delay = if attempt == 0 {
+            Duration::ZERO
+        } else {
+            self.backoff.next(attempt)
+        };
+        self.link = Some(Link::Down {
+            attempt,
+            retry_at: Instant::now() + delay,
+        });
+    }
+
+    fn on_watch(&mut self, generation: u64, event: WatchEvent) {
+        if generation != self.generation {
+            return;
+        }
+        match event {
+            WatchEvent::Changes {
+                prefix,
+                revision,
+                changes,
+            } => {
+                let store = Arc::make_mut(&mut self.store);
+                let mut changed = Vec::new();
+                for change in changes {
+                    match change {
+                        Change::Put { key, value } => {
+                            if store.insert(&key, value) {
+                                changed.push(key);
+                            }
+                        }
+                        Change::Delete { key } => {
+                            if store.remove(&key) {
+                                changed.push(key);
+                            }
+                        }
+                    }
+                }
+                store.set_revision(store.revision().max(revision));
+                let seen = self.revisions.entry(prefix).or_insert(0);
+                *seen = (*seen).max(revision);
+                self.touch(&changed, false);
+            }
+            WatchEvent::Lost {
+                prefix,
+                reason,
+                compacted,
+            } => {
+                if compacted {
+                    tracing::warn!(prefix = %prefix, reason = %reason, "watch lost its history; resyncing");
+                    self.need_snapshot = true;
+                    self.restart_link(0);
+                } else {
+                    tracing::warn!(prefix = %prefix, reason = %reason, "watch lost; reconnecting");
+                    self.restart_link(1);
+                }
+            }
+        }
+    }
+
+    // ----- store -----
+
+    /// Replaces what the store holds under `prefixes` with a fresh snapshot
+    /// and schedules the units whose keys changed.
+    fn apply_snapshot(&mut self, prefixes: &[String], fresh: Store) {
+        let first = !self.synced;
+        let changed = Arc::make_mut(&mut self.store).replace_under(prefixes, fresh);
+        self.synced = true;
+        if first {
+            let now = Instant::now();
+            for unit in &self.config.units {
+                self.debounce.now(unit.name.clone(), now);
+            }
+        } else {
+            self.touch(&changed, true);
+        }
+    }
+
+    /// Reads the file or env source again; a failure keeps the store.
+    fn load_local_source(&mut self) {
+        let fresh = match self.settings.backend {
+            Backend::File => match file::load(&self.settings.files) {
+                Ok(store) => store,
+                Err(e) => {
+                    tracing::error!(error = %e, "data files unreadable; keeping the current data and files");
+                    return;
+                }
+            },
+            Backend::Env => env::load(&self.config.prefixes()),
+            Backend::Etcd | Backend::Etcdv3 => return,
+        };
+        self.apply_snapshot(&["/".to_string()], fresh);
+    }
+
+    /// Schedules every unit that reads one of `keys`.
+    fn touch(&mut self, keys: &[String], immediately: bool) {
+        if keys.is_empty() {
+            return;
+        }
+        let mut affected = HashSet::new();
+        for key in keys {
+            self.index.affected(key, &mut affected);
+        }
+        let now = Instant::now();
+        for unit in self
+            .config
+            .units
+            .iter()
+            .filter(|u| affected.contains(u.name.as_str()))
+        {
+            if immediately {
+                self.debounce.now(unit.name.clone(), now);
+            } else {
+                let wait = unit.wait.unwrap_or(self.settings.wait);
+                self.debounce.touch(unit.name.clone(), now, wait);
+            }
+        }
+        tracing::debug!(keys = keys.len(), units = affected.len(), "changes applied");
+    }
+
+    // ----- pipeline -----
+
+    async fn process_due(&mut self) {
+        let now = Instant::now();
+        let due = self.debounce.take_due(now);
+        if due.is_empty() {
+            return;
+        }
+        let units: Vec<&Unit> = self
+            .config
+            .units
+            .iter()
+            .filter(|u| due.contains(&u.name))
+            .collect();
+        let pipeline = Pipeline {
+            renderer: &self.config.renderer,
+            options: self.settings.options,
+        };
+        let report = pipeline.run_batch(&units, &self.store).await;
+        let mut retry = Vec::new();
+        for (name, result) in &report.units {
+            match result {
+                Ok(outcome) => {
+                    if self.failures.remove(name).is_some() {
+                        tracing::info!(unit = %name, "recovered");
+                    }
+                    if let Outcome::Committed(files) = outcome {
+                        tracing::debug!(unit = %name, files = files.len(), "batch committed");
+                    }
+                }
+                Err(_) => {
+                    let attempt = self.failures.entry(name.clone()).or_insert(0);
+                    *attempt += 1;
+                    retry.push((name.clone(), *attempt));
+                }
+            }
+        }
+        for (name, attempt) in retry {
+            let delay = self.backoff.next(attempt);
+            tracing::warn!(unit = %name, attempt, retry_in_ms = delay.as_millis() as u64, "will retry");
+            self.debounce.now(name, now + delay);
+            self.status = RunStatus::Failed;
+        }
+        for (action, units, _) in report.failed_reloads {
+            self.schedule_reload_retry(action, units, 1);
+        }
+    }
+
+    fn schedule_reload_retry(&mut self, action: Reload, units: Vec<String>, attempt: u32) {
+        let dest = self
+            .config
+            .units
+            .iter()
+            .find(|u| units.contains(&u.name))
+            .map(|u| u.templates[0].dest.clone())
+            .unwrap_or_default();
+        self.reloads.retain(|r| r.action != action);
+        self.reloads.push(PendingReload {
+            action,
+            dest,
+            units,
+            attempt,
+            at: Instant::now() + self.backoff.next(attempt),
+        });
+    }
+
+    async fn retry_reloads(&mut self) {
+        let now = Instant::now();
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reloads)
+            .into_iter()
+            .partition(|r| r.at <= now);
+        self.reloads = waiting;
+        for r in due {
+            match reload::reload(&r.action, &r.dest).await {
+                Ok(()) => {
+                    tracing::info!(units = %r.units.join(","), attempt = r.attempt, "reload retry succeeded")
+                }
+                Err(e) => {
+                    tracing::error!(units = %r.units.join(","), attempt = r.attempt, error = %e, "reload retry failed");
+                    self.schedule_reload_retry(r.action, r.units, r.attempt + 1);
+                }
+            }
+        }
+    }
+
+    // ----- configuration -----
+
+    /// Loads conf.d and templates again; a bad new configuration is reported
+    /// and the running one kept.
+    fn reload_config(&mut self) {
+        let config = match Config::load(&self.settings) {
+            Ok(config) => config,
+            Err(e) => {
+                tracing::error!(error = %e, "new configuration rejected; keeping the running one");
+                return;
+            }
+        };
+        let prefixes_changed = config.prefixes() != self.config.prefixes();
+        tracing::info!(units = config.units.len(), "configuration reloaded");
+        self.config = config;
+        self.index = Index::build(&self.config.units);
+        self.config.remove_stale_stages();
+        self.debounce.clear();
+        self.failures.clear();
+        let now = Instant::now();
+        for unit in &self.config.units {
+            self.debounce.now(unit.name.clone(), now);
+        }
+        if prefixes_changed {
+            self.synced = self.link.is_none();
+            self.resync();
+        }
+    }
+}
+
+/// Watches conf.d/, templates/ and, for the file backend, the data files'
+/// directories. Callbacks only `try_send`: a full channel already holds an
+/// event that triggers the same reload.
+fn watch_files(
+    settings: &Settings,
+    tx: mpsc::Sender<Event>,
+) -> Result<Vec<notify::RecommendedWatcher>, ConfigError> {
+    let mut watchers = Vec::new();
+    let confdir = settings.confdir.clone();
+    let conf_tx = tx.clone();
+    let mut conf_watcher =
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(event) = res {
+                if is_content_event(&event) {
+                    let _ = conf_tx.try_send(Event::ConfigFiles);
+                }
+            }
+        })
+        .map_err(|e| watch_error(&confdir, e))?;
+    for dir in [confdir.join("conf.d"), confdir.join("templates")] {
+        conf_watcher
+            .watch(&dir, RecursiveMode::Recursive)
+            .map_err(|e| watch_error(&dir, e))?;
+    }
+    watchers.push(conf_watcher);
+
+    if settings.backend == Backend::File {
+        let files: Vec<PathBuf> = settings.files.iter().map(|f| absolute(f)).collect();
+        let names = files.clone();
+        let data_tx = tx;
+        let mut data_watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if let Ok(event) = res {
+                    // Editors replace files by rename, so watch directories and match names.
+                    if is_content_event(&event)
+                        && event.paths.iter().any(|p| names.contains(&absolute(p)))
+                    {
+                        let _ = data_tx.try_send(Event::DataFiles);
+                    }
+                }
+            })
+            .map_err(|e| watch_error(&settings.confdir, e))?;
+        let mut dirs: Vec<PathBuf> = files.iter().map(|f| crate::stage::parent_of(f)).collect();
+        dirs.sort();
+        dirs.dedup();
+        for dir in dirs {
+            data_watcher
+                .watch(&dir, RecursiveMode::NonRecursive)
+                .map_err(|e| watch_error(&dir, e))?;
+        }
+        watchers.push(data_watcher);
+    }
+    Ok(watchers)
+}
+
+fn is_content_event(event: &notify::Event) -> bool {
+    use notify::EventKind;
+    matches!(
+        event.kind,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
+    ) && !matches!(
+        event.kind,
+        EventKind::Modify(notify::event::ModifyKind::Metadata(_))
+    )
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    }
+}
+
+fn watch_error(path: &Path, e: notify::Error) -> ConfigError {
+    let hint = match &e.kind {
+        notify::ErrorKind::MaxFilesWatch => {
+            ": the inotify watch limit is reached; raise fs.inotify.max_user_watches"
+        }
+        _ => "",
+    };
+    ConfigError::Settings(format!("watching {}: {e}{hint}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_index_finds_units_by_any_ancestor_of_a_key() {
+        let mut index = Index::default();
+        index
+            .by_prefix
+            .insert("/fabric/peers".into(), vec!["bird".into()]);
+        index.by_prefix.insert("/fabric".into(), vec!["all".into()]);
+        index.by_prefix.insert("/".into(), vec!["root".into()]);
+        let mut out = HashSet::new();
+        index.affected("/fabric/peers/a/asn", &mut out);
+        let mut names: Vec<_> = out.into_iter().collect();
+        names.sort();
+        assert_eq!(names, ["all", "bird", "root"]);
+        let mut out = HashSet::new();
+        index.affected("/fabricx", &mut out);
+        assert_eq!(out.into_iter().collect::<Vec<_>>(), ["root"]);
+    }
+}
