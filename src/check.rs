@@ -1,19 +1,27 @@
 //! Check: validate a staged unit with the daemon's own checker before it may
 //! reach the destinations. A failing check means nothing is committed.
 
+use crate::bird::{self, Configure};
 use crate::command;
 use crate::error::CheckFailure;
 use crate::resource::Unit;
 use crate::stage::Stage;
 
 /// Runs the unit's `check_cmd` with `{{src}}` set to the staged first
-/// template; `Ok` when there is no check.
+/// template, then, with `bird_check`, BIRD's own parser in the running
+/// daemon (`configure check "<staged>"`). `Ok` when there is no check.
 pub async fn check(unit: &Unit, stage: &Stage) -> Result<(), CheckFailure> {
-    let (Some(cmd), Some(first)) = (&unit.check_cmd, stage.first()) else {
+    let Some(first) = stage.first() else {
         return Ok(());
     };
-    let cmd = command::expand(cmd, &first.staged, &first.dest);
-    tracing::debug!(unit = %unit.name, command = %cmd, "running check");
-    command::run(&cmd, unit.check_timeout).await?;
+    if let Some(cmd) = &unit.check_cmd {
+        let cmd = command::expand(cmd, &first.staged, &first.dest);
+        tracing::debug!(command = %cmd, "running check");
+        command::run(&cmd, unit.check_timeout).await?;
+    }
+    if let (true, Some(socket)) = (unit.bird_check, &unit.reload.bird_socket) {
+        let what = Configure::Check(Some(first.staged.clone()));
+        bird::configure(socket, &what, unit.check_timeout).await?;
+    }
     Ok(())
 }

@@ -30,6 +30,13 @@ pub enum Command {
     /// Validate a confdir without a backend: parse every resource, compile
     /// every template, and list the keys each resource may read.
     Check,
+    /// Print a shell completion script
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff)
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -64,6 +71,25 @@ pub struct SourceArgs {
         hide_env_values = true
     )]
     pub password: Option<String>,
+    /// Client certificate (PEM) for TLS to etcd
+    #[arg(
+        long,
+        env = "CONFERA_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// Client private key (PEM) for TLS to etcd
+    #[arg(
+        long,
+        env = "CONFERA_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
+    /// CA certificate(s) (PEM) that sign etcd's server certificate
+    #[arg(long, env = "CONFERA_CLIENT_CA_KEYS", value_name = "FILE")]
+    pub client_ca_keys: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
@@ -119,6 +145,9 @@ pub struct LogArgs {
     /// Log line format on stderr [default: text]
     #[arg(long, env = "CONFERA_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9100)
+    #[arg(long, env = "CONFERA_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, Default)]
@@ -155,5 +184,25 @@ mod tests {
     #[test]
     fn onetime_and_watch_exclude_each_other() {
         assert!(Cli::try_parse_from(["confera", "--onetime", "--watch"]).is_err());
+    }
+}
+
+/// Prints what `completions` and `man` generate; false for other commands.
+pub fn print_generated(command: &Command) -> std::io::Result<bool> {
+    use clap::CommandFactory;
+    use std::io::Write;
+    let mut cmd = Cli::command();
+    // Generated into memory first: clap_complete panics on a closed pipe.
+    let mut text = Vec::new();
+    match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut cmd, "confera", &mut text)
+        }
+        Command::Man => clap_mangen::Man::new(cmd).render(&mut text)?,
+        Command::Check => return Ok(false),
+    }
+    match std::io::stdout().lock().write_all(&text) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+        _ => Ok(true),
     }
 }

@@ -13,6 +13,8 @@ pub mod debounce;
 pub mod duration;
 pub mod error;
 pub mod logging;
+pub mod metrics;
+pub mod notify_systemd;
 pub mod pipeline;
 pub mod process;
 pub mod reload;

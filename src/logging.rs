@@ -10,7 +10,13 @@ use crate::cli::LogFormat;
 /// Installs the global subscriber. `level` is a level name or a full
 /// tracing filter directive.
 pub fn init(level: &str, format: LogFormat) {
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // A bare level applies to confera; dependencies (h2, tonic) stay at warn.
+    let directive = match level {
+        "error" | "warn" | "info" | "debug" | "trace" => format!("warn,confera={level}"),
+        other => other.to_string(),
+    };
+    let filter =
+        EnvFilter::try_new(directive).unwrap_or_else(|_| EnvFilter::new("warn,confera=info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -5,6 +5,16 @@ use confera::{cli::Cli, settings::Settings, RunStatus};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(command) = &cli.command {
+        match confera::cli::print_generated(command) {
+            Ok(true) => return ExitCode::SUCCESS,
+            Ok(false) => {}
+            Err(e) => {
+                eprintln!("confera: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     let settings = match Settings::from_cli(&cli) {
         Ok(settings) => settings,
         Err(e) => return fatal(&e),

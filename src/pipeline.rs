@@ -17,8 +17,8 @@ use crate::commit;
 use crate::compare::{self, FileState};
 use crate::error::{ReloadFailure, UnitError};
 use crate::reload;
-use crate::render::Renderer;
-use crate::resource::{Reload, Unit};
+use crate::render::{self, KeyRead, Renderer};
+use crate::resource::{Reload, Template, Unit};
 use crate::stage::Stage;
 use crate::store::Store;
 
@@ -38,14 +38,30 @@ pub struct Options {
 /// What happened to one unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Unchanged,
+    /// Every destination already held the render. `files` is what they hold.
+    Unchanged { files: Vec<Committed> },
     /// `--noop` and the output differs from the destinations.
     WouldChange,
-    /// These destinations were written.
-    Committed(Vec<Committed>),
+    /// `written` destinations were committed; `files` is every member's
+    /// state as it now is.
+    Committed {
+        written: Vec<PathBuf>,
+        files: Vec<Committed>,
+    },
 }
 
-/// One destination written by a commit, as committed.
+impl Outcome {
+    /// The state of every destination of the unit after this outcome, when
+    /// they match the render.
+    pub fn files(&self) -> &[Committed] {
+        match self {
+            Outcome::Unchanged { files } | Outcome::Committed { files, .. } => files,
+            Outcome::WouldChange => &[],
+        }
+    }
+}
+
+/// A destination (resolved through symlinks) and the state a render gave it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
     pub dest: PathBuf,
@@ -53,10 +69,40 @@ pub struct Committed {
 }
 
 /// What a unit would write: every member, changed or not.
-struct Planned {
+struct Planned<'a> {
+    template: &'a Template,
+    reads: Vec<KeyRead>,
     dest: PathBuf,
     have: Option<FileState>,
     want: FileState,
+}
+
+/// Redacts secret values from a diff. The old file's secret values are not
+/// known (they were rendered from older data), so with secret keys every
+/// removed line is hidden.
+fn redact_diff(diff: &str, p: &Planned) -> String {
+    let diff = render::redact(diff, p.template, &p.reads);
+    if !p.template.secrets.any() {
+        return diff;
+    }
+    diff.lines()
+        .map(|line| {
+            if line.starts_with('-') && !line.starts_with("---") {
+                "-<redacted>\n".to_string()
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect()
+}
+
+impl Planned<'_> {
+    fn as_committed(&self) -> Committed {
+        Committed {
+            dest: self.dest.clone(),
+            state: self.want.clone(),
+        }
+    }
 }
 
 /// The result of one batch.
@@ -88,7 +134,7 @@ impl Pipeline<'_> {
             let span = tracing::info_span!("unit", unit = %unit.name);
             let result = self.process(unit, store).instrument(span).await;
             match &result {
-                Ok(Outcome::Committed(_)) if self.reloads() && !unit.reload.is_none() => {
+                Ok(Outcome::Committed { .. }) if self.reloads() && !unit.reload.is_none() => {
                     match reloads.iter_mut().find(|(r, _, _)| *r == unit.reload) {
                         Some((_, _, names)) => names.push(unit.name.clone()),
                         None => reloads.push((
@@ -124,9 +170,10 @@ impl Pipeline<'_> {
             .iter()
             .map(|p| compare::difference(p.have.as_ref(), &p.want).any())
             .collect();
+        let files: Vec<Committed> = planned.iter().map(Planned::as_committed).collect();
         if !changed.contains(&true) {
             tracing::debug!("unchanged");
-            return Ok(Outcome::Unchanged);
+            return Ok(Outcome::Unchanged { files });
         }
         if self.options.noop {
             self.report_noop(&planned, &changed);
@@ -145,23 +192,20 @@ impl Pipeline<'_> {
                     source,
                 })?;
         }
-        let mut committed = Vec::new();
+        let mut written = Vec::new();
         for (file, changed) in stage.files().iter().zip(&changed) {
             if !changed {
                 continue;
             }
             let method = commit::commit(file)?;
             tracing::info!(dest = %file.dest.display(), method = ?method, "committed");
-            committed.push(Committed {
-                dest: file.dest.clone(),
-                state: file.state.clone(),
-            });
+            written.push(file.dest.clone());
         }
-        Ok(Outcome::Committed(committed))
+        Ok(Outcome::Committed { written, files })
     }
 
     /// Renders every member and works out what it should look like.
-    fn plan(&self, unit: &Unit, store: &Arc<Store>) -> Result<Vec<Planned>, UnitError> {
+    fn plan<'u>(&self, unit: &'u Unit, store: &Arc<Store>) -> Result<Vec<Planned<'u>>, UnitError> {
         let mut planned = Vec::with_capacity(unit.templates.len());
         for template in &unit.templates {
             let rendered = self.renderer.render(template, store)?;
@@ -173,7 +217,7 @@ impl Pipeline<'_> {
             let have = compare::current(&dest).map_err(io)?;
             // Unset attributes keep what the destination has, as confd does.
             let want = FileState {
-                content: rendered.text.into_bytes(),
+                content: rendered.text.as_bytes().to_vec(),
                 mode: template
                     .mode
                     .or(have.as_ref().map(|h| h.mode))
@@ -187,7 +231,13 @@ impl Pipeline<'_> {
                     .or(have.as_ref().map(|h| h.gid))
                     .unwrap_or_else(|| nix::unistd::getegid().as_raw()),
             };
-            planned.push(Planned { dest, have, want });
+            planned.push(Planned {
+                template,
+                reads: rendered.reads,
+                dest,
+                have,
+                want,
+            });
         }
         Ok(planned)
     }
@@ -198,7 +248,15 @@ impl Pipeline<'_> {
             let what = compare::difference(p.have.as_ref(), &p.want).describe();
             tracing::info!(dest = %p.dest.display(), differs = %what, "would change");
             if self.options.diff {
-                let diff = compare::unified_diff(&p.dest, p.have.as_ref(), &p.want);
+                let diff = if p.template.secrets.all {
+                    format!(
+                        "--- {0}\n+++ {0}\n(secret: {what} differs, not shown)\n",
+                        p.dest.display()
+                    )
+                } else {
+                    let diff = compare::unified_diff(&p.dest, p.have.as_ref(), &p.want);
+                    redact_diff(&diff, p)
+                };
                 // stdout carries only what was asked for; a closed pipe is not our error.
                 let _ = stdout.write_all(diff.as_bytes());
             }

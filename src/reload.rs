@@ -9,14 +9,20 @@ use crate::bird::{self, Configure};
 use crate::command;
 use crate::error::ReloadFailure;
 use crate::process;
-use crate::resource::Reload;
+use crate::resource::{BirdConfigure, Reload};
 
 /// Runs every method that `action` names: BIRD's control socket, a signal
 /// to the daemon, and `reload_cmd`, in that order. `dest` fills in
 /// `{{src}}`/`{{dest}}` of the command.
 pub async fn reload(action: &Reload, dest: &Path) -> Result<(), ReloadFailure> {
     if let Some(socket) = &action.bird_socket {
-        let outcome = bird::configure(socket, &Configure::Plain, action.timeout).await?;
+        let what = match action.bird_configure {
+            BirdConfigure::Plain => Configure::Plain,
+            BirdConfigure::Soft => Configure::Soft,
+            BirdConfigure::File => Configure::File(dest.to_path_buf()),
+        };
+        // 0003, 0004 and 0005 all mean BIRD took the configuration.
+        let outcome = bird::configure(socket, &what, action.timeout).await?;
         tracing::info!(socket = %socket.display(), outcome = ?outcome, "bird reconfigured");
     }
     if let Some(signal) = action.signal {

@@ -32,6 +32,9 @@ pub struct Unit {
     pub reload: Reload,
     pub wait: Option<Wait>,
     pub drift: Drift,
+    /// Also check with BIRD's own parser: `configure check "<staged>"` over
+    /// `bird_socket`.
+    pub bird_check: bool,
 }
 
 /// One rendered file.
@@ -47,6 +50,33 @@ pub struct Template {
     pub mode: Option<u32>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    pub secrets: Secrets,
+    /// Whether the template may read environment variables (`getenv`).
+    pub allow_env: bool,
+}
+
+/// Which values of a template are secret: never logged, never shown in a
+/// diff or an error message.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Secrets {
+    /// The whole output is secret.
+    pub all: bool,
+    /// Absolute key patterns (`*` within one segment) whose values are secret.
+    pub patterns: Vec<String>,
+}
+
+impl Secrets {
+    pub fn is_secret(&self, absolute_key: &str) -> bool {
+        self.all
+            || self
+                .patterns
+                .iter()
+                .any(|p| crate::store::glob_match(p, absolute_key) || is_under(absolute_key, p))
+    }
+
+    pub fn any(&self) -> bool {
+        self.all || !self.patterns.is_empty()
+    }
 }
 
 /// How a daemon is told to re-read its configuration. Two units with equal
@@ -58,7 +88,21 @@ pub struct Reload {
     pub pid_file: Option<PathBuf>,
     pub process_name: Option<String>,
     pub bird_socket: Option<PathBuf>,
+    pub bird_configure: BirdConfigure,
     pub timeout: Duration,
+}
+
+/// Which `configure` command a BIRD socket reload sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BirdConfigure {
+    /// `configure`: re-read the file BIRD was started with.
+    #[default]
+    Plain,
+    /// `configure soft`: apply without restarting changed protocols.
+    Soft,
+    /// `configure "<dest of the first template>"`.
+    File,
 }
 
 impl Reload {
@@ -249,6 +293,8 @@ impl Ctx<'_> {
             mode,
             uid,
             gid,
+            secrets: Secrets::default(),
+            allow_env: false,
         })
     }
 
@@ -256,8 +302,26 @@ impl Ctx<'_> {
         &self,
         name: String,
         shared: RawShared,
-        templates: Vec<Template>,
+        mut templates: Vec<Template>,
     ) -> Result<Unit, ConfigError> {
+        let secret_all = shared.secret.unwrap_or(false);
+        let allow_env = shared.allow_env.unwrap_or(false);
+        for t in &mut templates {
+            let patterns = shared.secret_keys.iter().flatten();
+            t.secrets = Secrets {
+                all: secret_all,
+                patterns: patterns.map(|k| join_keys(&[&t.prefix, k])).collect(),
+            };
+            t.allow_env = allow_env;
+            // Secret output is not for other users' eyes unless asked for.
+            if t.secrets.any() && t.mode.is_none() {
+                t.mode = Some(0o600);
+            }
+        }
+        let bird_check = shared.bird_check.unwrap_or(false);
+        if bird_check && shared.bird_socket.is_none() {
+            return Err(self.err("bird_check", "needs bird_socket to reach the running BIRD"));
+        }
         let duration = |field: &str, value: Option<String>, default: Duration| match value {
             Some(text) => parse_duration(&text).map_err(|m| self.err(field, m)),
             None => Ok(default),
@@ -301,6 +365,7 @@ impl Ctx<'_> {
                 pid_file: shared.pid_file,
                 process_name: shared.process_name,
                 bird_socket: shared.bird_socket,
+                bird_configure: shared.bird_configure.unwrap_or_default(),
                 timeout: duration(
                     "reload_timeout",
                     shared.reload_timeout,
@@ -309,6 +374,7 @@ impl Ctx<'_> {
             },
             wait,
             drift: shared.drift.unwrap_or_default(),
+            bird_check,
         })
     }
 }
@@ -366,6 +432,11 @@ macro_rules! raw_with_shared {
             reload_timeout: Option<String>,
             wait: Option<String>,
             drift: Option<Drift>,
+            bird_check: Option<bool>,
+            bird_configure: Option<BirdConfigure>,
+            secret: Option<bool>,
+            secret_keys: Option<Vec<String>>,
+            allow_env: Option<bool>,
         }
 
         impl$(<$g>)? $name$(<$g>)? {
@@ -381,6 +452,11 @@ macro_rules! raw_with_shared {
                     reload_timeout: self.reload_timeout.take(),
                     wait: self.wait.take(),
                     drift: self.drift.take(),
+                    bird_check: self.bird_check.take(),
+                    bird_configure: self.bird_configure.take(),
+                    secret: self.secret.take(),
+                    secret_keys: self.secret_keys.take(),
+                    allow_env: self.allow_env.take(),
                 }
             }
         }
@@ -421,12 +497,18 @@ struct RawShared {
     reload_timeout: Option<String>,
     wait: Option<String>,
     drift: Option<Drift>,
+    bird_check: Option<bool>,
+    bird_configure: Option<BirdConfigure>,
+    secret: Option<bool>,
+    secret_keys: Option<Vec<String>>,
+    allow_env: Option<bool>,
 }
 
 macro_rules! for_each_shared_field {
     ($mac:ident!($($args:tt)*)) => {
         $mac!($($args)*; check_cmd, reload_cmd, reload_signal, pid_file, process_name,
-            bird_socket, check_timeout, reload_timeout, wait, drift)
+            bird_socket, check_timeout, reload_timeout, wait, drift, bird_check, bird_configure,
+            secret, secret_keys, allow_env)
     };
 }
 

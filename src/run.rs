@@ -81,6 +81,7 @@ pub async fn run(
     if let Some(Command::Check) = command {
         return Ok(check_confdir(&config));
     }
+    // Completions and the man page are printed by the binary before settings load.
     match settings.mode {
         Mode::Onetime => onetime(&settings, &config).await,
         Mode::Poll { interval } => poll(&settings, &config, interval, shutdown).await,

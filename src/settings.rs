@@ -44,6 +44,16 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub username: Option<String>,
     pub password: Option<String>,
+    pub tls: Option<Tls>,
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// TLS to etcd: a CA to trust and optionally a client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -60,6 +70,8 @@ impl std::fmt::Debug for Settings {
             .field("options", &self.options)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field("metrics_addr", &self.metrics_addr)
             .finish_non_exhaustive()
     }
 }
@@ -84,6 +96,10 @@ pub struct FileSettings {
     pub log_format: Option<LogFormat>,
     pub username: Option<String>,
     pub password: Option<String>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub client_ca_keys: Option<PathBuf>,
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl FileSettings {
@@ -175,7 +191,20 @@ impl Settings {
                 "the file backend needs at least one --file".into(),
             ));
         }
+        let tls = Tls {
+            ca: s.client_ca_keys.clone().or(file.client_ca_keys),
+            cert: s.client_cert.clone().or(file.client_cert),
+            key: s.client_key.clone().or(file.client_key),
+        };
+        if tls.cert.is_some() != tls.key.is_some() {
+            return Err(ConfigError::Settings(
+                "--client-cert and --client-key go together".into(),
+            ));
+        }
+        let tls = (tls.ca.is_some() || tls.cert.is_some()).then_some(tls);
         Ok(Settings {
+            tls,
+            metrics_addr: cli.logging.metrics_addr.or(file.metrics_addr),
             confdir,
             backend,
             nodes,

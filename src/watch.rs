@@ -18,11 +18,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::cli::Backend;
+use crate::compare::{self, FileState};
 use crate::debounce::{Backoff, Debouncer};
 use crate::error::ConfigError;
-use crate::pipeline::{Outcome, Pipeline};
+use crate::pipeline::{Committed, Outcome, Pipeline};
 use crate::reload;
-use crate::resource::{Reload, Unit};
+use crate::resource::{Drift, Reload, Unit};
 use crate::run::{Config, RunStatus};
 use crate::settings::{Mode, Settings};
 use crate::source::etcd::{merge_prefixes, Change, Etcd, WatchEvent};
@@ -31,6 +32,10 @@ use crate::store::Store;
 
 /// How long to let a burst of editor writes to templates settle.
 const CONFIG_SETTLE: Duration = Duration::from_millis(200);
+
+/// A destination that keeps being changed by someone else is restored at
+/// most this often, so confera never fights another writer in a tight loop.
+const DRIFT_RESTORE_SPACING: Duration = Duration::from_secs(1);
 
 /// Everything that can wake the loop.
 #[derive(Debug)]
@@ -41,6 +46,8 @@ enum Event {
     DataFiles,
     /// A file under conf.d/ or templates/ changed.
     ConfigFiles,
+    /// Something changed in a destination directory: maybe drift.
+    Dest(Vec<PathBuf>),
     /// SIGHUP: reload the configuration now.
     Hup,
     /// A deadline passed: debounce, retry, reconnect or resync.
@@ -126,11 +133,29 @@ struct Daemon {
     revisions: HashMap<String, i64>,
     need_snapshot: bool,
     watch_tx: mpsc::UnboundedSender<(u64, WatchEvent)>,
+    // drift defense
+    /// What each owned destination holds after our last render or commit.
+    owned: HashMap<PathBuf, Owned>,
+    dest_watcher: Option<notify::RecommendedWatcher>,
+    fs_tx: mpsc::Sender<Event>,
     // deadlines
     resync_at: Option<Instant>,
     config_reload_at: Option<Instant>,
     data_reload_at: Option<Instant>,
-    status: RunStatus,
+}
+
+/// A destination confera owns, as it last left it.
+struct Owned {
+    unit: String,
+    state: FileState,
+    /// When the last drift restore was scheduled, to restore at most once
+    /// per second.
+    last_restore: Option<Instant>,
+    /// A restore is scheduled and not yet done.
+    restoring: bool,
+    /// A drifted state (None: deleted) already reported in `warn` mode, to
+    /// report each edit once.
+    warned: Option<Option<FileState>>,
 }
 
 /// Runs watch mode until `shutdown` completes.
@@ -141,7 +166,7 @@ pub async fn run(
 ) -> Result<RunStatus, ConfigError> {
     let (watch_tx, mut watch_rx) = mpsc::unbounded_channel();
     let (fs_tx, mut fs_rx) = mpsc::channel::<Event>(64);
-    let _watchers = watch_files(&settings, fs_tx)?;
+    let _watchers = watch_files(&settings, fs_tx.clone())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| ConfigError::Settings(format!("installing the SIGHUP handler: {e}")))?;
     let resync = match settings.mode {
@@ -167,11 +192,14 @@ pub async fn run(
         revisions: HashMap::new(),
         need_snapshot: true,
         watch_tx,
+        owned: HashMap::new(),
+        dest_watcher: None,
+        fs_tx,
         resync_at: resync.map(|r| Instant::now() + r),
         config_reload_at: None,
         data_reload_at: None,
-        status: RunStatus::Success,
     };
+    daemon.watch_destinations();
     daemon.config.remove_stale_stages();
     if !is_etcd {
         daemon.load_local_source();
@@ -193,6 +221,11 @@ pub async fn run(
                 daemon.data_reload_at = Some(Instant::now() + daemon.settings.wait.min);
             }
             Event::ConfigFiles => daemon.config_reload_at = Some(Instant::now() + CONFIG_SETTLE),
+            Event::Dest(paths) => {
+                for path in paths {
+                    daemon.check_drift(&path);
+                }
+            }
             Event::Hup => {
                 tracing::info!("SIGHUP received, reloading the configuration");
                 daemon.config_reload_at = Some(Instant::now());
@@ -203,7 +236,7 @@ pub async fn run(
     }
     daemon.stop_watches();
     tracing::info!("stopped");
-    Ok(daemon.status)
+    Ok(RunStatus::Success)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -250,6 +283,11 @@ impl Daemon {
         if self.resync_at.is_some_and(|t| t <= now) {
             self.resync_at = resync.map(|r| now + r);
             tracing::info!("periodic resync");
+            // notify misses edits on some filesystems (NFS); compare by hand.
+            let dests: Vec<PathBuf> = self.owned.keys().cloned().collect();
+            for dest in dests {
+                self.check_drift(&dest);
+            }
             self.resync();
         }
         if matches!(&self.link, Some(Link::Down { retry_at, .. }) if *retry_at <= now) {
@@ -494,9 +532,10 @@ impl Daemon {
                     if self.failures.remove(name).is_some() {
                         tracing::info!(unit = %name, "recovered");
                     }
-                    if let Outcome::Committed(files) = outcome {
-                        tracing::debug!(unit = %name, files = files.len(), "batch committed");
+                    if let Outcome::Committed { written, .. } = outcome {
+                        tracing::debug!(unit = %name, files = written.len(), "batch committed");
                     }
+                    self.own(name, outcome.files());
                 }
                 Err(_) => {
                     let attempt = self.failures.entry(name.clone()).or_insert(0);
@@ -509,7 +548,6 @@ impl Daemon {
             let delay = self.backoff.next(attempt);
             tracing::warn!(unit = %name, attempt, retry_in_ms = delay.as_millis() as u64, "will retry");
             self.debounce.now(name, now + delay);
-            self.status = RunStatus::Failed;
         }
         for (action, units, _) in report.failed_reloads {
             self.schedule_reload_retry(action, units, 1);
@@ -553,6 +591,122 @@ impl Daemon {
         }
     }
 
+    // ----- drift -----
+
+    /// Records what a unit's destinations hold after a render that matched
+    /// or was committed: anything else found there later is drift.
+    fn own(&mut self, unit: &str, files: &[Committed]) {
+        for file in files {
+            let entry = self
+                .owned
+                .entry(file.dest.clone())
+                .or_insert_with(|| Owned {
+                    unit: unit.to_string(),
+                    state: file.state.clone(),
+                    last_restore: None,
+                    restoring: false,
+                    warned: None,
+                });
+            entry.unit = unit.to_string();
+            entry.state = file.state.clone();
+            entry.warned = None;
+            entry.restoring = false;
+        }
+    }
+
+    /// Compares an owned destination with what confera left there and acts
+    /// on the unit's drift policy. Our own commits match and pass silently.
+    fn check_drift(&mut self, path: &Path) {
+        let Some(owned) = self.owned.get_mut(path) else {
+            return;
+        };
+        let Some(unit) = self.config.units.iter().find(|u| u.name == owned.unit) else {
+            return;
+        };
+        let current = match compare::current(path) {
+            Ok(current) => current,
+            Err(e) => {
+                tracing::warn!(dest = %path.display(), error = %e, "cannot read destination to check for drift");
+                return;
+            }
+        };
+        let difference = compare::difference(current.as_ref(), &owned.state);
+        if !difference.any() {
+            return;
+        }
+        let what = difference.describe();
+        match unit.drift {
+            Drift::Ignore => {}
+            Drift::Warn => {
+                let seen = Some(current);
+                if owned.warned != seen {
+                    tracing::warn!(unit = %unit.name, dest = %path.display(), differs = %what, policy = "warn", "destination changed outside confera");
+                    owned.warned = seen;
+                }
+            }
+            // One edit fires several events; one restore answers them all.
+            Drift::Restore if owned.restoring => {}
+            Drift::Restore => {
+                let now = Instant::now();
+                let at = match owned.last_restore {
+                    Some(last) if now < last + DRIFT_RESTORE_SPACING => {
+                        tracing::warn!(unit = %unit.name, dest = %path.display(), differs = %what, "destination keeps being changed outside confera; restoring at most once per second");
+                        last + DRIFT_RESTORE_SPACING
+                    }
+                    _ => {
+                        tracing::warn!(unit = %unit.name, dest = %path.display(), differs = %what, policy = "restore", "destination changed outside confera; restoring");
+                        now
+                    }
+                };
+                owned.last_restore = Some(at);
+                owned.restoring = true;
+                self.debounce.now(unit.name.clone(), at);
+            }
+        }
+    }
+
+    /// (Re)creates the watch on every destination directory.
+    fn watch_destinations(&mut self) {
+        self.dest_watcher = None;
+        if self.settings.options.noop {
+            return;
+        }
+        let tx = self.fs_tx.clone();
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(event) = res {
+                if !event.paths.is_empty() {
+                    let _ = tx.try_send(Event::Dest(event.paths));
+                }
+            }
+        });
+        let mut watcher = match watcher {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch destinations; drift is caught by the periodic resync only");
+                return;
+            }
+        };
+        let mut dirs: Vec<PathBuf> = self
+            .config
+            .units
+            .iter()
+            .filter(|u| u.drift != Drift::Ignore)
+            .flat_map(|u| u.templates.iter())
+            .map(|t| {
+                let dest = compare::resolve_dest(&t.dest).unwrap_or_else(|_| t.dest.clone());
+                crate::stage::parent_of(&dest)
+            })
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        for dir in dirs {
+            if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch destination directory for drift");
+            }
+        }
+        self.dest_watcher = Some(watcher);
+    }
+
     // ----- configuration -----
 
     /// Loads conf.d and templates again; a bad new configuration is reported
@@ -570,6 +724,9 @@ impl Daemon {
         self.config = config;
         self.index = Index::build(&self.config.units);
         self.config.remove_stale_stages();
+        let units: HashSet<&str> = self.config.units.iter().map(|u| u.name.as_str()).collect();
+        self.owned.retain(|_, o| units.contains(o.unit.as_str()));
+        self.watch_destinations();
         self.debounce.clear();
         self.failures.clear();
         let now = Instant::now();

@@ -302,9 +302,11 @@ fn is_bird_reserved(name: &str) -> bool {
 /// `bird_string`: the value as a complete BIRD string literal, quotes included.
 ///
 /// BIRD 2.0 string literals have no escape sequences (`"a\"` is the string
-/// `a\`), so a value containing `"`, a backslash or a control character is
-/// refused rather than escaped. The error names the character and its position
-/// but not the value, which may be a password.
+/// `a\`, and a newline ends the file with "Unterminated string"), so a value
+/// containing `"`, a backslash or a control character is refused rather than
+/// escaped. Backslashes are harmless to 2.0.12 but are refused so the literal
+/// means the same to any BIRD that does read escapes. The error names the
+/// character and its position but not the value, which may be a password.
 fn bird_string(value: &Value, _: Kwargs, _: &State) -> TeraResult<String> {
     let text = scalar_text(value, "a BIRD string")?;
     let refused = text

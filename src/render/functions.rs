@@ -17,6 +17,8 @@ use crate::store::{is_under, join_keys, normalize_key, Store};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRead {
     pub key: String,
+    /// The absolute key, for secret matching.
+    pub absolute: String,
     pub value: String,
 }
 
@@ -24,6 +26,7 @@ struct ScopeData {
     store: Arc<Store>,
     prefix: String,
     keys: Vec<String>,
+    allow_env: bool,
     reads: Vec<KeyRead>,
 }
 
@@ -42,6 +45,7 @@ impl Scope {
                 store,
                 prefix: template.prefix.clone(),
                 keys: template.keys.clone(),
+                allow_env: template.allow_env,
                 reads: Vec::new(),
             })
         });
@@ -123,6 +127,7 @@ impl ScopeData {
         let key = self.relative(absolute);
         self.reads.push(KeyRead {
             key,
+            absolute: absolute.to_string(),
             value: value.to_string(),
         });
     }
@@ -248,6 +253,28 @@ fn lsdir(kwargs: Kwargs, _: &State) -> TeraResult<Vec<String>> {
     with_scope(|scope| scope.children(&path, true))
 }
 
+/// `getenv(name="HOME", default="x")`: only for resources with
+/// `allow_env = true`, since the environment may hold anything.
+fn getenv(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    let name = key_arg(&kwargs, "name")?;
+    let default = kwargs.get::<&str>("default")?.map(str::to_string);
+    with_scope(|scope| {
+        if !scope.allow_env {
+            return Err(tera::Error::message(
+                "getenv is disabled: set allow_env = true in the resource to read environment variables",
+            ));
+        }
+        match std::env::var(&name) {
+            Ok(value) => Ok(Value::from(value)),
+            Err(_) => default.map(Value::from).ok_or_else(|| {
+                tera::Error::message(format!(
+                    "environment variable `{name}` is not set and getenv has no default"
+                ))
+            }),
+        }
+    })
+}
+
 fn missing(key: &str) -> tera::Error {
     tera::Error::message(format!(
         "key `{}` not found; give getv a default (getv(key=\"{}\", default=\"...\")) if it is optional",
@@ -264,4 +291,5 @@ pub(super) fn register(tera: &mut Tera) {
     tera.register_function("getvs", getvs);
     tera.register_function("ls", ls);
     tera.register_function("lsdir", lsdir);
+    tera.register_function("getenv", getenv);
 }

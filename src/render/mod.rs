@@ -80,7 +80,7 @@ impl Renderer {
         let reads = guard.finish();
         match result {
             Ok(text) => Ok(Rendered { text, reads }),
-            Err(e) => Err(render_error(e, &template.src, &reads)),
+            Err(e) => Err(render_error(e, template, &reads)),
         }
     }
 }
@@ -139,6 +139,25 @@ fn locate(e: &tera::Error, fallback: &str) -> (String, Option<usize>, String) {
     }
 }
 
+/// Replaces every secret value read by the template with `<redacted>`.
+pub fn redact(text: &str, t: &Template, reads: &[KeyRead]) -> String {
+    if !t.secrets.any() {
+        return text.to_string();
+    }
+    let mut out = text.to_string();
+    let mut secrets: Vec<&str> = reads
+        .iter()
+        .filter(|r| !r.value.is_empty() && t.secrets.is_secret(&r.absolute))
+        .map(|r| r.value.as_str())
+        .collect();
+    // Longest first, so a secret that contains another is replaced whole.
+    secrets.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    for value in secrets {
+        out = out.replace(value, "<redacted>");
+    }
+    out
+}
+
 pub(crate) fn template_config_error(e: tera::Error, fallback: &str) -> ConfigError {
     let (template, line, message) = locate(&e, fallback);
     ConfigError::Template {
@@ -148,8 +167,8 @@ pub(crate) fn template_config_error(e: tera::Error, fallback: &str) -> ConfigErr
     }
 }
 
-fn render_error(e: tera::Error, src: &str, reads: &[KeyRead]) -> UnitError {
-    let (template, line, mut message) = locate(&e, src);
+fn render_error(e: tera::Error, t: &Template, reads: &[KeyRead]) -> UnitError {
+    let (template, line, mut message) = locate(&e, &t.src);
     // A validation filter names the bad value; name the key it came from too.
     if let Some(read) = reads
         .iter()
@@ -158,6 +177,7 @@ fn render_error(e: tera::Error, src: &str, reads: &[KeyRead]) -> UnitError {
     {
         message.push_str(&format!(" (value of key `{}`)", read.key));
     }
+    let message = redact(&message, t, reads);
     UnitError::Render {
         template,
         line,
