@@ -158,6 +158,26 @@ pub enum LogFormat {
     Json,
 }
 
+/// Prints what `completions` and `man` generate; false for other commands.
+pub fn print_generated(command: &Command) -> std::io::Result<bool> {
+    use clap::CommandFactory;
+    use std::io::Write;
+    let mut cmd = Cli::command();
+    // Generated into memory first: clap_complete panics on a closed pipe.
+    let mut text = Vec::new();
+    match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut cmd, "confera", &mut text)
+        }
+        Command::Man => clap_mangen::Man::new(cmd).render(&mut text)?,
+        Command::Check => return Ok(false),
+    }
+    match std::io::stdout().lock().write_all(&text) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+        _ => Ok(true),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,25 +204,5 @@ mod tests {
     #[test]
     fn onetime_and_watch_exclude_each_other() {
         assert!(Cli::try_parse_from(["confera", "--onetime", "--watch"]).is_err());
-    }
-}
-
-/// Prints what `completions` and `man` generate; false for other commands.
-pub fn print_generated(command: &Command) -> std::io::Result<bool> {
-    use clap::CommandFactory;
-    use std::io::Write;
-    let mut cmd = Cli::command();
-    // Generated into memory first: clap_complete panics on a closed pipe.
-    let mut text = Vec::new();
-    match command {
-        Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut cmd, "confera", &mut text)
-        }
-        Command::Man => clap_mangen::Man::new(cmd).render(&mut text)?,
-        Command::Check => return Ok(false),
-    }
-    match std::io::stdout().lock().write_all(&text) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
-        _ => Ok(true),
     }
 }

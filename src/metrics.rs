@@ -687,13 +687,10 @@ mod tests {
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
-        assert!(typed.contains(&"confera_render_duration_seconds".to_owned()));
         assert!(text.contains("# TYPE confera_render_duration_seconds histogram\n"));
+        assert!(text.contains("# UNIT confera_render_duration_seconds seconds\n"));
         assert!(
-            text.contains(r#"confera_render_duration_seconds_bucket{le="+Inf",resource="bird"} 1"#)
-                || text.contains(
-                    r#"confera_render_duration_seconds_bucket{resource="bird",le="+Inf"} 1"#
-                ),
+            text.contains(r#"confera_render_duration_seconds_bucket{le="+Inf",resource="bird"} 1"#),
             "{text}"
         );
     }

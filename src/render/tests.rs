@@ -19,6 +19,8 @@ fn template(src: &str, prefix: &str, keys: &[&str]) -> Template {
         mode: None,
         uid: None,
         gid: None,
+        secrets: Default::default(),
+        allow_env: false,
     }
 }
 

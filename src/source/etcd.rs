@@ -20,6 +20,7 @@ pub struct EtcdConfig {
     pub endpoints: Vec<String>,
     pub username: Option<String>,
     pub password: Option<String>,
+    pub tls: Option<crate::settings::Tls>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
 }
@@ -30,6 +31,7 @@ impl EtcdConfig {
             endpoints,
             username: None,
             password: None,
+            tls: None,
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(5),
         }
@@ -89,6 +91,9 @@ impl Etcd {
             endpoints: config.describe(),
             message,
         };
+        if let Some(tls) = &config.tls {
+            options = options.with_tls(tls_options(tls).map_err(err)?);
+        }
         let connect = Client::connect(&endpoints, Some(options));
         let client = tokio::time::timeout(config.request_timeout, connect)
             .await
@@ -268,6 +273,21 @@ async fn drain(
     let _ = events.send((generation, lost));
 }
 
+/// Reads the CA and the client identity for TLS to etcd.
+fn tls_options(tls: &crate::settings::Tls) -> Result<etcd_client::TlsOptions, String> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))
+    };
+    let mut options = etcd_client::TlsOptions::new();
+    if let Some(ca) = &tls.ca {
+        options = options.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        options = options.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(options)
+}
+
 /// Sorted prefixes with every prefix that lies under another dropped.
 pub fn merge_prefixes(prefixes: &[String]) -> Vec<String> {
     let mut sorted: Vec<String> = prefixes.iter().map(|p| normalize_key(p)).collect();
@@ -291,7 +311,21 @@ fn strip_scheme(endpoint: &str) -> String {
 fn describe_error(e: &etcd_client::Error) -> String {
     match e {
         etcd_client::Error::GRpcStatus(status) => {
-            format!("{:?}: {}", status.code(), status.message())
+            let mut text = format!("{:?}: {}", status.code(), status.message());
+            let mut source = std::error::Error::source(status);
+            while let Some(s) = source {
+                let more = s.to_string();
+                if !text.contains(&more) {
+                    text.push_str(": ");
+                    text.push_str(&more);
+                }
+                source = s.source();
+            }
+            // gRPC status 16 is UNAUTHENTICATED.
+            if i32::from(status.code()) == 16 {
+                text.push_str(" (check --username and --password)");
+            }
+            text
         }
         etcd_client::Error::TransportError(t) => {
             let mut text = t.to_string();

@@ -46,5 +46,6 @@ pub fn etcd_config(settings: &Settings) -> etcd::EtcdConfig {
     let mut config = etcd::EtcdConfig::new(settings.nodes.clone());
     config.username = settings.username.clone();
     config.password = settings.password.clone();
+    config.tls = settings.tls.clone();
     config
 }

@@ -1,0 +1,7 @@
+//! confera's integration tests: the built binary against real etcd, BIRD,
+//! files and signals. One binary, one module per topic.
+
+mod support;
+
+mod bird_socket;
+mod fixtures_selftest;

@@ -1,0 +1,180 @@
+//! A real BIRD 2 under a temp dir: its own config, control socket, pid file
+//! and log, stopped by pid on Drop.
+//!
+//! Fixture configs never contain `protocol kernel`: nothing is exported into
+//! the host's routing tables, and nothing listens beyond loopback.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+use super::cmd::wait_until;
+
+const START_DEADLINE: Duration = Duration::from_secs(10);
+const WAIT_DEADLINE: Duration = Duration::from_secs(5);
+const STOP_GRACE: Duration = Duration::from_secs(3);
+const POLL: Duration = Duration::from_millis(20);
+
+/// The line BIRD logs when a reconfiguration has completed.
+const RECONFIGURED: &str = "<INFO> Reconfigured";
+
+pub struct Bird {
+    dir: TempDir,
+    pub socket: PathBuf,
+    pub pid_file: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Bird {
+    /// Write `config_text` (after a `log` line) to `<dir>/bird.conf` and start
+    /// BIRD on it.
+    pub fn start(config_text: &str) -> Bird {
+        let dir = tempfile::tempdir().expect("create temp dir for BIRD");
+        let config = dir.path().join("bird.conf");
+        fs::write(&config, with_log_line(dir.path(), config_text)).expect("write bird.conf");
+        Bird::with_config_path(dir, config)
+    }
+
+    /// Start BIRD on an existing config file, so that its includes resolve
+    /// relative to it. The `log` line is prepended to the file if missing.
+    pub fn with_config_path(dir: TempDir, config: PathBuf) -> Bird {
+        let text = fs::read_to_string(&config)
+            .unwrap_or_else(|e| panic!("read {}: {e}", config.display()));
+        if !text.contains(&log_line(dir.path())) {
+            fs::write(&config, with_log_line(dir.path(), &text)).expect("prepend log line");
+        }
+        let socket = dir.path().join("bird.ctl");
+        let pid_file = dir.path().join("bird.pid");
+        let log = dir.path().join("bird.log");
+        let output = fs::File::create(dir.path().join("bird.out")).expect("create bird.out");
+        let child = Command::new("bird")
+            .arg("-f")
+            .arg("-c")
+            .arg(&config)
+            .arg("-s")
+            .arg(&socket)
+            .arg("-P")
+            .arg(&pid_file)
+            .stdin(Stdio::null())
+            .stdout(output.try_clone().expect("dup bird.out"))
+            .stderr(output)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn bird (is bird2 installed?): {e}"));
+        let mut bird = Bird {
+            dir,
+            socket,
+            pid_file,
+            config,
+            log,
+            child,
+        };
+        bird.wait_until_ready();
+        bird
+    }
+
+    fn wait_until_ready(&mut self) {
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll bird") {
+                panic!(
+                    "bird exited with {status} before it was ready\n--- output:\n{}--- log:\n{}",
+                    fs::read_to_string(self.dir.path().join("bird.out")).unwrap_or_default(),
+                    fs::read_to_string(&self.log).unwrap_or_default(),
+                );
+            }
+            if self.socket.exists() && self.birdc("show status").contains("Daemon is up") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bird was not ready within {START_DEADLINE:?} on {}",
+                self.socket.display()
+            );
+            thread::sleep(POLL);
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Replace the config file with `config_text`, after the `log` line.
+    /// BIRD notices only when told to reconfigure.
+    pub fn write_config(&self, config_text: &str) {
+        fs::write(&self.config, with_log_line(self.dir(), config_text)).expect("write bird.conf");
+    }
+
+    /// `birdc -s SOCK <cmd>`; its stdout.
+    pub fn birdc(&self, cmd: &str) -> String {
+        let output = Command::new("birdc")
+            .arg("-s")
+            .arg(&self.socket)
+            .arg(cmd)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run birdc: {e}"));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// `show protocols`, as birdc prints it.
+    pub fn protocols(&self) -> String {
+        self.birdc("show protocols")
+    }
+
+    /// How many reconfigurations BIRD has completed: its log's
+    /// `<INFO> Reconfigured` lines. Start-up logs `Started` instead, and a
+    /// rejected configuration logs nothing.
+    pub fn reconfigurations(&self) -> usize {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.ends_with(RECONFIGURED))
+            .count()
+    }
+
+    /// Wait until `condition` holds, or panic naming `what` after 5 s.
+    pub fn wait_for(&self, what: &str, condition: impl Fn(&Bird) -> bool) {
+        assert!(
+            wait_until(WAIT_DEADLINE, || condition(self)),
+            "timed out after {WAIT_DEADLINE:?} waiting for {what}\n--- log:\n{}",
+            fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Bird {
+    fn drop(&mut self) {
+        let pid = Pid::from_raw(self.child.id() as i32);
+        if kill(pid, Signal::SIGTERM).is_ok() {
+            let deadline = Instant::now() + STOP_GRACE;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                thread::sleep(POLL);
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn log_line(dir: &Path) -> String {
+    format!("log \"{}\" all;", dir.join("bird.log").display())
+}
+
+fn with_log_line(dir: &Path, config_text: &str) -> String {
+    format!("{}\n{config_text}", log_line(dir))
+}

@@ -1,0 +1,110 @@
+//! A temp confdir: `conf.d/` and `templates/` under a fresh temp dir, plus any
+//! other file a test needs there (data files, destinations).
+//!
+//! Writers take `&self` and return `&Self`, so a test can chain them at set-up
+//! and call them again later to change the configuration under a running
+//! confera. Everything is removed on Drop.
+
+use std::path::{Path, PathBuf};
+
+use tempfile::TempDir;
+
+pub struct ConfDir {
+    dir: TempDir,
+}
+
+impl ConfDir {
+    pub fn new() -> ConfDir {
+        let dir = tempfile::Builder::new()
+            .prefix("confera-confdir-")
+            .tempdir()
+            .expect("create a temp confdir");
+        for sub in ["conf.d", "templates"] {
+            std::fs::create_dir(dir.path().join(sub)).expect("create conf.d and templates");
+        }
+        ConfDir { dir }
+    }
+
+    /// Writes `templates/NAME`.
+    pub fn template(&self, name: &str, text: &str) -> &Self {
+        self.file(&format!("templates/{name}"), text)
+    }
+
+    /// Writes `conf.d/NAME`, adding `.toml` when NAME has no extension.
+    pub fn resource(&self, name: &str, toml_text: &str) -> &Self {
+        let name = if Path::new(name).extension().is_some() {
+            name.to_owned()
+        } else {
+            format!("{name}.toml")
+        };
+        self.file(&format!("conf.d/{name}"), toml_text)
+    }
+
+    /// Writes RELPATH under the confdir, creating parent directories. The
+    /// write is atomic (temp file + rename), so a watcher never reads half.
+    pub fn file(&self, relpath: &str, text: &str) -> &Self {
+        let path = self.dest(relpath);
+        let tmp = path.with_file_name(format!(
+            ".{}.tmp",
+            path.file_name().unwrap().to_string_lossy()
+        ));
+        std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
+        std::fs::rename(&tmp, &path)
+            .unwrap_or_else(|e| panic!("rename into {}: {e}", path.display()));
+        self
+    }
+
+    /// Removes RELPATH (a file).
+    pub fn remove(&self, relpath: &str) -> &Self {
+        let path = self.dir.path().join(relpath);
+        std::fs::remove_file(&path).unwrap_or_else(|e| panic!("remove {}: {e}", path.display()));
+        self
+    }
+
+    /// The confdir itself, for `--confdir`.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The confdir as a `&str`, for argument lists.
+    pub fn arg(&self) -> &str {
+        self.dir.path().to_str().expect("temp dir paths are UTF-8")
+    }
+
+    /// Reads RELPATH; panics, naming it, when it cannot.
+    #[track_caller]
+    pub fn read(&self, relpath: &str) -> String {
+        let path = self.dir.path().join(relpath);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+    }
+
+    /// Reads RELPATH, or None when it does not exist.
+    pub fn try_read(&self, relpath: &str) -> Option<String> {
+        let path = self.dir.path().join(relpath);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => panic!("read {}: {e}", path.display()),
+        }
+    }
+
+    pub fn exists(&self, relpath: &str) -> bool {
+        self.dir.path().join(relpath).exists()
+    }
+
+    /// The absolute path of RELPATH under the confdir, for a resource's
+    /// `dest`; its parent directory is created.
+    pub fn dest(&self, relpath: &str) -> PathBuf {
+        let path = self.dir.path().join(relpath);
+        let parent = path.parent().expect("a relative path under the confdir");
+        std::fs::create_dir_all(parent)
+            .unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
+        path
+    }
+}
+
+impl Default for ConfDir {
+    fn default() -> Self {
+        ConfDir::new()
+    }
+}
