@@ -43,10 +43,10 @@ pub enum Command {
 #[command(next_help_heading = "Source")]
 pub struct SourceArgs {
     /// Directory holding conf.d/ and templates/ [default: /etc/confera]
-    #[arg(long, env = "CONFERA_CONFDIR", value_name = "DIR")]
+    #[arg(long, global = true, env = "CONFERA_CONFDIR", value_name = "DIR")]
     pub confdir: Option<PathBuf>,
     /// Settings file [default: <confdir>/confera.toml, if present]
-    #[arg(long, env = "CONFERA_CONFIG_FILE", value_name = "FILE")]
+    #[arg(long, global = true, env = "CONFERA_CONFIG_FILE", value_name = "FILE")]
     pub config_file: Option<PathBuf>,
     /// Where keys come from [default: etcd]
     #[arg(long, env = "CONFERA_BACKEND", value_enum)]
@@ -58,7 +58,7 @@ pub struct SourceArgs {
     #[arg(long, env = "CONFERA_FILE", value_name = "PATH", value_delimiter = ',')]
     pub file: Vec<PathBuf>,
     /// Key prefix joined in front of every resource's prefix
-    #[arg(long, env = "CONFERA_PREFIX", value_name = "PREFIX")]
+    #[arg(long, global = true, env = "CONFERA_PREFIX", value_name = "PREFIX")]
     pub prefix: Option<String>,
     /// etcd user name
     #[arg(long, env = "CONFERA_USERNAME", value_name = "USER")]
@@ -140,7 +140,7 @@ pub struct OutputArgs {
 #[command(next_help_heading = "Logging")]
 pub struct LogArgs {
     /// error, warn, info, debug or trace (or a tracing filter) [default: info]
-    #[arg(long, env = "CONFERA_LOG_LEVEL", value_name = "LEVEL")]
+    #[arg(long, global = true, env = "CONFERA_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
     /// Log line format on stderr [default: text]
     #[arg(long, env = "CONFERA_LOG_FORMAT", value_enum)]

@@ -134,6 +134,10 @@ pub async fn run(command: &str, timeout: Duration) -> Result<CommandOutput, Comm
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // systemd's notify socket is confera's: a child must not report for it.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         .process_group(0)
         .kill_on_drop(true)
         .spawn()

@@ -87,12 +87,9 @@ pub enum UnitError {
         source: std::io::Error,
     },
 
-    #[error("check failed, {dest} left unchanged: {source}", dest = .dest.display())]
-    Check {
-        dest: PathBuf,
-        #[source]
-        source: CheckFailure,
-    },
+    /// The check's message names destinations, not the deleted staging copies.
+    #[error("check failed, nothing written to {dests}: {message}")]
+    Check { dests: String, message: String },
 
     #[error("committing {path}: {source}", path = .path.display())]
     Commit {

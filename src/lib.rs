@@ -12,6 +12,8 @@ pub mod compare;
 pub mod debounce;
 pub mod duration;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod metrics;
 pub mod notify_systemd;

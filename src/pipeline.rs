@@ -9,13 +9,15 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tracing::Instrument;
 
 use crate::check;
 use crate::commit;
 use crate::compare::{self, FileState};
-use crate::error::{ReloadFailure, UnitError};
+use crate::error::{CheckFailure, ReloadFailure, UnitError};
+use crate::metrics::Metrics;
 use crate::reload;
 use crate::render::{self, KeyRead, Renderer};
 use crate::resource::{Reload, Template, Unit};
@@ -77,6 +79,27 @@ struct Planned<'a> {
     want: FileState,
 }
 
+/// A check failure whose message names the destinations instead of their
+/// staged copies, which are gone by the time anyone reads it.
+fn check_error(stage: &Stage, failure: &CheckFailure) -> UnitError {
+    let mut message = failure.to_string();
+    for file in stage.files() {
+        message = message.replace(
+            &file.staged.display().to_string(),
+            &file.dest.display().to_string(),
+        );
+    }
+    let dests: Vec<String> = stage
+        .files()
+        .iter()
+        .map(|f| f.dest.display().to_string())
+        .collect();
+    UnitError::Check {
+        dests: dests.join(", "),
+        message,
+    }
+}
+
 /// Redacts secret values from a diff. The old file's secret values are not
 /// known (they were rendered from older data), so with secret keys every
 /// removed line is hidden.
@@ -123,6 +146,7 @@ impl BatchReport {
 pub struct Pipeline<'a> {
     pub renderer: &'a Renderer,
     pub options: Options,
+    pub metrics: &'a Metrics,
 }
 
 impl Pipeline<'_> {
@@ -133,6 +157,9 @@ impl Pipeline<'_> {
         for unit in units {
             let span = tracing::info_span!("unit", unit = %unit.name);
             let result = self.process(unit, store).instrument(span).await;
+            if result.is_ok() {
+                self.metrics.unit_success(&unit.name);
+            }
             match &result {
                 Ok(Outcome::Committed { .. }) if self.reloads() && !unit.reload.is_none() => {
                     match reloads.iter_mut().find(|(r, _, _)| *r == unit.reload) {
@@ -151,7 +178,12 @@ impl Pipeline<'_> {
         }
         for (action, dest, names) in reloads {
             let span = tracing::info_span!("reload", units = %names.join(","));
-            if let Err(e) = reload::reload(&action, &dest).instrument(span).await {
+            let result = reload::reload(&action, &dest).instrument(span).await;
+            for name in &names {
+                self.metrics
+                    .reload(name, reload::method(&action), result.is_ok());
+            }
+            if let Err(e) = result {
                 tracing::error!(units = %names.join(","), error = %e, "reload failed");
                 report.failed_reloads.push((action, names, e));
             }
@@ -165,7 +197,11 @@ impl Pipeline<'_> {
 
     /// Renders, compares, stages, checks and commits one unit.
     pub async fn process(&self, unit: &Unit, store: &Arc<Store>) -> Result<Outcome, UnitError> {
-        let planned = self.plan(unit, store)?;
+        let started = Instant::now();
+        let planned = self.plan(unit, store);
+        self.metrics
+            .render(&unit.name, planned.is_ok(), started.elapsed());
+        let planned = planned?;
         let changed: Vec<bool> = planned
             .iter()
             .map(|p| compare::difference(p.have.as_ref(), &p.want).any())
@@ -185,12 +221,10 @@ impl Pipeline<'_> {
             .collect();
         let stage = Stage::create(&unit.name, members, self.options.keep_stage)?;
         if !self.options.sync_only {
-            check::check(unit, &stage)
-                .await
-                .map_err(|source| UnitError::Check {
-                    dest: planned[0].dest.clone(),
-                    source,
-                })?;
+            if let Err(failure) = check::check(unit, &stage).await {
+                self.metrics.check_failure(&unit.name);
+                return Err(check_error(&stage, &failure));
+            }
         }
         let mut written = Vec::new();
         for (file, changed) in stage.files().iter().zip(&changed) {
@@ -201,6 +235,7 @@ impl Pipeline<'_> {
             tracing::info!(dest = %file.dest.display(), method = ?method, "committed");
             written.push(file.dest.clone());
         }
+        self.metrics.commit(&unit.name);
         Ok(Outcome::Committed { written, files })
     }
 

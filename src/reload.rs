@@ -40,3 +40,14 @@ pub async fn reload(action: &Reload, dest: &Path) -> Result<(), ReloadFailure> {
     }
     Ok(())
 }
+
+/// The metrics label of an action's main method.
+pub fn method(action: &Reload) -> &'static str {
+    if action.bird_socket.is_some() {
+        "bird_socket"
+    } else if action.signal.is_some() {
+        "signal"
+    } else {
+        "command"
+    }
+}

@@ -169,7 +169,28 @@ pub fn load_all(layout: &Layout) -> Result<Vec<Unit>, ConfigError> {
     if paths.is_empty() {
         return Err(ConfigError::NoResources { dir });
     }
-    paths.iter().map(|p| load(layout, p)).collect()
+    let units: Vec<Unit> = paths
+        .iter()
+        .map(|p| load(layout, p))
+        .collect::<Result<_, _>>()?;
+    // Two units writing one file would overwrite each other forever.
+    let mut owners: std::collections::HashMap<&Path, &Path> = std::collections::HashMap::new();
+    for unit in &units {
+        for t in &unit.templates {
+            if let Some(other) = owners.insert(&t.dest, &unit.path) {
+                return Err(ConfigError::field(
+                    &unit.path,
+                    "dest",
+                    format!(
+                        "{} is also written by {}; a destination belongs to one resource",
+                        t.dest.display(),
+                        other.display()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(units)
 }
 
 /// Parses one conf.d file.
@@ -307,10 +328,12 @@ impl Ctx<'_> {
         let secret_all = shared.secret.unwrap_or(false);
         let allow_env = shared.allow_env.unwrap_or(false);
         for t in &mut templates {
+            // A set shares its secret keys; each member keeps those it can read.
             let patterns = shared.secret_keys.iter().flatten();
+            let patterns = patterns.map(|k| join_keys(&[&t.prefix, k]));
             t.secrets = Secrets {
                 all: secret_all,
-                patterns: patterns.map(|k| join_keys(&[&t.prefix, k])).collect(),
+                patterns: patterns.filter(|p| overlaps(p, &t.keys)).collect(),
             };
             t.allow_env = allow_env;
             // Secret output is not for other users' eyes unless asked for.
@@ -377,6 +400,17 @@ impl Ctx<'_> {
             bird_check,
         })
     }
+}
+
+/// Whether a secret key pattern can match anything under `keys`.
+fn overlaps(pattern: &str, keys: &[String]) -> bool {
+    let literal = pattern.split('*').next().unwrap_or("");
+    let literal = match literal.rfind('/') {
+        Some(i) if literal.len() != pattern.len() => &literal[..i.max(1)],
+        _ => literal,
+    };
+    keys.iter()
+        .any(|k| is_under(k, literal) || is_under(literal, k))
 }
 
 /// Parses an octal mode string such as `0644`, `644` or `0o644`.

@@ -5,8 +5,12 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::cli::Command;
 use crate::error::ConfigError;
+use crate::metrics::{self, Health, Metrics};
+use crate::notify_systemd::Systemd;
 use crate::pipeline::Pipeline;
 use crate::render::Renderer;
 use crate::resource::{self, Layout, Unit};
@@ -82,14 +86,74 @@ pub async fn run(
         return Ok(check_confdir(&config));
     }
     // Completions and the man page are printed by the binary before settings load.
-    match settings.mode {
-        Mode::Onetime => onetime(&settings, &config).await,
-        Mode::Poll { interval } => poll(&settings, &config, interval, shutdown).await,
-        Mode::Watch { .. } => watch::run(settings, config, shutdown).await,
+    if settings.mode == Mode::Onetime {
+        return onetime(&settings, &config, &Metrics::new()).await;
+    }
+    let telemetry = Telemetry::start(&settings).await?;
+    let status = match settings.mode {
+        Mode::Poll { interval } => poll(&settings, &config, interval, &telemetry, shutdown).await,
+        _ => watch::run(settings, config, &telemetry, shutdown).await,
+    };
+    telemetry.stop().await;
+    status
+}
+
+/// What a long-running confera reports: metrics, health, systemd readiness.
+pub struct Telemetry {
+    pub metrics: Metrics,
+    pub health: Health,
+    pub systemd: Systemd,
+    server: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+}
+
+impl Telemetry {
+    /// Starts the metrics and health server when `--metrics-addr` is set.
+    pub async fn start(settings: &Settings) -> Result<Telemetry, ConfigError> {
+        let metrics = Metrics::new();
+        let health = Health::default();
+        let server = match settings.metrics_addr {
+            Some(addr) => {
+                let token = CancellationToken::new();
+                let (bound, task) =
+                    metrics::serve(addr, metrics.clone(), health.clone(), token.clone())
+                        .await
+                        .map_err(|e| ConfigError::Settings(e.to_string()))?;
+                tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+                Some((token, task))
+            }
+            None => None,
+        };
+        Ok(Telemetry {
+            metrics,
+            health,
+            systemd: Systemd::from_env(),
+            server,
+        })
+    }
+
+    /// The first full render is in place: ready for readiness probes and systemd.
+    pub fn ready(&self) {
+        if !self.health.ready() {
+            self.health.set_ready();
+            self.systemd.ready();
+            tracing::info!("ready: first full render committed");
+        }
+    }
+
+    async fn stop(self) {
+        self.systemd.stopping();
+        if let Some((token, task)) = self.server {
+            token.cancel();
+            let _ = task.await;
+        }
     }
 }
 
-async fn onetime(settings: &Settings, config: &Config) -> Result<RunStatus, ConfigError> {
+async fn onetime(
+    settings: &Settings,
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<RunStatus, ConfigError> {
     let mut source = Source::connect(settings).await?;
     let store = Arc::new(source.snapshot(&config.prefixes()).await?);
     tracing::info!(
@@ -103,6 +167,7 @@ async fn onetime(settings: &Settings, config: &Config) -> Result<RunStatus, Conf
     let pipeline = Pipeline {
         renderer: &config.renderer,
         options: settings.options,
+        metrics,
     };
     let units: Vec<&Unit> = config.units.iter().collect();
     let report = pipeline.run_batch(&units, &store).await;
@@ -118,6 +183,7 @@ async fn poll(
     settings: &Settings,
     config: &Config,
     interval: std::time::Duration,
+    telemetry: &Telemetry,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunStatus, ConfigError> {
     let mut source = Source::connect(settings).await?;
@@ -125,15 +191,24 @@ async fn poll(
     let pipeline = Pipeline {
         renderer: &config.renderer,
         options: settings.options,
+        metrics: &telemetry.metrics,
     };
     let units: Vec<&Unit> = config.units.iter().collect();
     tokio::pin!(shutdown);
     loop {
         match source.snapshot(&config.prefixes()).await {
             Ok(store) => {
-                pipeline.run_batch(&units, &Arc::new(store)).await;
+                telemetry.health.set_healthy();
+                telemetry.metrics.keys(store.len());
+                let report = pipeline.run_batch(&units, &Arc::new(store)).await;
+                if report.failures() == 0 {
+                    telemetry.ready();
+                }
             }
-            Err(e) => tracing::error!(error = %e, "snapshot failed; keeping the current files"),
+            Err(e) => {
+                telemetry.health.set_unhealthy(e.to_string());
+                tracing::error!(error = %e, "snapshot failed; keeping the current files");
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

@@ -120,10 +120,31 @@ impl FileSettings {
             path: path.clone(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Resource {
-            path,
-            message: e.to_string().trim_end().to_string(),
-        })
+        let mut settings: FileSettings =
+            toml::from_str(&text).map_err(|e| ConfigError::Resource {
+                path: path.clone(),
+                message: e.to_string().trim_end().to_string(),
+            })?;
+        settings.resolve_paths(&crate::stage::parent_of(&path));
+        Ok(settings)
+    }
+
+    /// Relative paths in the file mean paths next to the file, wherever
+    /// confera is started from.
+    fn resolve_paths(&mut self, base: &Path) {
+        let join = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        let singles = [
+            &mut self.confdir,
+            &mut self.client_cert,
+            &mut self.client_key,
+            &mut self.client_ca_keys,
+        ];
+        singles.into_iter().flatten().for_each(join);
+        self.files.iter_mut().flatten().for_each(join);
     }
 }
 
@@ -301,6 +322,24 @@ mod tests {
             Mode::Watch {
                 resync: Some(Duration::from_secs(30))
             }
+        );
+    }
+
+    #[test]
+    fn relative_paths_in_the_settings_file_are_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("confera.toml"),
+            "backend = \"file\"\nfiles = [\"examples/data.yaml\", \"/abs.yaml\"]\n",
+        )
+        .unwrap();
+        let file = FileSettings::load(None, dir.path()).unwrap();
+        assert_eq!(
+            file.files.unwrap(),
+            [
+                dir.path().join("examples/data.yaml"),
+                PathBuf::from("/abs.yaml")
+            ]
         );
     }
 

@@ -24,7 +24,7 @@ use crate::error::ConfigError;
 use crate::pipeline::{Committed, Outcome, Pipeline};
 use crate::reload;
 use crate::resource::{Drift, Reload, Unit};
-use crate::run::{Config, RunStatus};
+use crate::run::{Config, RunStatus, Telemetry};
 use crate::settings::{Mode, Settings};
 use crate::source::etcd::{merge_prefixes, Change, Etcd, WatchEvent};
 use crate::source::{self, env, file};
@@ -116,7 +116,10 @@ struct PendingReload {
     at: Instant,
 }
 
-struct Daemon {
+struct Daemon<'t> {
+    telemetry: &'t Telemetry,
+    /// The metrics label of the backend.
+    backend: &'static str,
     settings: Settings,
     config: Config,
     index: Index,
@@ -162,6 +165,7 @@ struct Owned {
 pub async fn run(
     settings: Settings,
     config: Config,
+    telemetry: &Telemetry,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<RunStatus, ConfigError> {
     let (watch_tx, mut watch_rx) = mpsc::unbounded_channel();
@@ -175,6 +179,12 @@ pub async fn run(
     };
     let is_etcd = matches!(settings.backend, Backend::Etcd | Backend::Etcdv3);
     let mut daemon = Daemon {
+        telemetry,
+        backend: match settings.backend {
+            Backend::Etcd | Backend::Etcdv3 => "etcd",
+            Backend::File => "file",
+            Backend::Env => "env",
+        },
         index: Index::build(&config.units),
         settings,
         config,
@@ -205,11 +215,20 @@ pub async fn run(
         daemon.load_local_source();
     }
     tokio::pin!(shutdown);
+    // systemd's watchdog is fed from the loop itself, so a stuck loop stops feeding it.
+    let mut watchdog = telemetry
+        .systemd
+        .watchdog_interval()
+        .map(tokio::time::interval);
     loop {
         let deadline = daemon.next_deadline();
         let event = tokio::select! {
             biased;
             _ = &mut shutdown => Event::Shutdown,
+            _ = tick(&mut watchdog) => {
+                telemetry.systemd.watchdog();
+                continue;
+            }
             Some((generation, e)) = watch_rx.recv() => Event::Watch(generation, e),
             Some(e) = fs_rx.recv() => e,
             Some(()) = hup.recv() => Event::Hup,
@@ -239,6 +258,15 @@ pub async fn run(
     Ok(RunStatus::Success)
 }
 
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -246,7 +274,7 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-impl Daemon {
+impl Daemon<'_> {
     fn next_deadline(&self) -> Option<Instant> {
         let link = match &self.link {
             Some(Link::Down { retry_at, .. }) => Some(*retry_at),
@@ -330,6 +358,10 @@ impl Daemon {
                 });
             }
             Err(e) => {
+                self.telemetry.metrics.backend_up(self.backend, false);
+                self.telemetry
+                    .health
+                    .set_unhealthy(format!("etcd unreachable: {e}"));
                 let delay = self.backoff.next(attempt + 1);
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "etcd unavailable; keeping the current files");
                 self.link = Some(Link::Down {
@@ -425,6 +457,10 @@ impl Daemon {
                     }
                 }
                 store.set_revision(store.revision().max(revision));
+                let metrics = &self.telemetry.metrics;
+                metrics.events_applied(self.backend, changed.len() as u64);
+                metrics.revision(self.backend, store.revision());
+                metrics.keys(store.len());
                 let seen = self.revisions.entry(prefix).or_insert(0);
                 *seen = (*seen).max(revision);
                 self.touch(&changed, false);
@@ -434,6 +470,11 @@ impl Daemon {
                 reason,
                 compacted,
             } => {
+                self.telemetry.metrics.watch_restart(self.backend);
+                self.telemetry.metrics.backend_up(self.backend, false);
+                self.telemetry
+                    .health
+                    .set_unhealthy(format!("watch lost: {reason}"));
                 if compacted {
                     tracing::warn!(prefix = %prefix, reason = %reason, "watch lost its history; resyncing");
                     self.need_snapshot = true;
@@ -454,6 +495,10 @@ impl Daemon {
         let first = !self.synced;
         let changed = Arc::make_mut(&mut self.store).replace_under(prefixes, fresh);
         self.synced = true;
+        self.telemetry.metrics.keys(self.store.len());
+        if !first {
+            self.telemetry.metrics.resync(self.backend);
+        }
         if first {
             let now = Instant::now();
             for unit in &self.config.units {
@@ -471,6 +516,7 @@ impl Daemon {
                 Ok(store) => store,
                 Err(e) => {
                     tracing::error!(error = %e, "data files unreadable; keeping the current data and files");
+                    self.telemetry.health.set_unhealthy(e.to_string());
                     return;
                 }
             },
@@ -478,6 +524,8 @@ impl Daemon {
             Backend::Etcd | Backend::Etcdv3 => return,
         };
         self.apply_snapshot(&["/".to_string()], fresh);
+        self.telemetry.health.set_healthy();
+        self.telemetry.metrics.backend_up(self.backend, true);
     }
 
     /// Schedules every unit that reads one of `keys`.
@@ -523,6 +571,7 @@ impl Daemon {
         let pipeline = Pipeline {
             renderer: &self.config.renderer,
             options: self.settings.options,
+            metrics: &self.telemetry.metrics,
         };
         let report = pipeline.run_batch(&units, &self.store).await;
         let mut retry = Vec::new();
@@ -551,6 +600,9 @@ impl Daemon {
         }
         for (action, units, _) in report.failed_reloads {
             self.schedule_reload_retry(action, units, 1);
+        }
+        if self.failures.is_empty() && self.reloads.is_empty() {
+            self.telemetry.ready();
         }
     }
 
@@ -640,6 +692,7 @@ impl Daemon {
             Drift::Warn => {
                 let seen = Some(current);
                 if owned.warned != seen {
+                    self.telemetry.metrics.drift(&unit.name, "warn");
                     tracing::warn!(unit = %unit.name, dest = %path.display(), differs = %what, policy = "warn", "destination changed outside confera");
                     owned.warned = seen;
                 }
@@ -660,6 +713,7 @@ impl Daemon {
                 };
                 owned.last_restore = Some(at);
                 owned.restoring = true;
+                self.telemetry.metrics.drift(&unit.name, "restore");
                 self.debounce.now(unit.name.clone(), at);
             }
         }

@@ -314,17 +314,40 @@ fn bird_string(value: &Value, _: Kwargs, _: &State) -> TeraResult<String> {
         .enumerate()
         .find(|(_, c)| matches!(c, '"' | '\\') || c.is_control());
     match refused {
-        Some((index, c)) => Err(Error::message(format!(
-            "value cannot be a BIRD string: it contains {c:?} at character {}; \
+        Some((index, c)) => Err({
+            note_rejected(value);
+            Error::message(format!(
+                "value cannot be a BIRD string: it contains {c:?} at character {}; \
              BIRD 2.0 strings have no escapes, so quotes, backslashes and control \
              characters are refused",
-            index + 1
-        ))),
+                index + 1
+            ))
+        }),
         None => Ok(format!("\"{text}\"")),
     }
 }
 
 // --- shared input handling ---------------------------------------------------
+
+thread_local! {
+    /// The last value a validation filter refused on this thread, so the
+    /// render error can name the key it came from (even when the message
+    /// does not show the value).
+    static REJECTED: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+fn note_rejected(value: &Value) {
+    let text = match value.as_str() {
+        Some(text) => text.to_string(),
+        None => value.to_string(),
+    };
+    REJECTED.with(|r| *r.borrow_mut() = Some(text));
+}
+
+/// Takes the value last refused by a validation filter on this thread.
+pub(crate) fn take_rejected() -> Option<String> {
+    REJECTED.with(|r| r.borrow_mut().take())
+}
 
 /// The text of a scalar input: a string as it is, an integer in decimal.
 /// Floats, bools, arrays and maps are refused without echoing them.
@@ -355,6 +378,7 @@ fn token<'v>(value: &'v Value, expected: &str) -> TeraResult<Cow<'v, str>> {
 /// The error for a value that is not what a filter expects, for example
 /// `"10.0.0.256" is not an IPv4 address`.
 fn rejected(value: &Value, expected: &str, reason: Option<&str>) -> Error {
+    note_rejected(value);
     let shown = match value.as_str() {
         Some(text) => format!("{text:?}"),
         None => value.to_string(),

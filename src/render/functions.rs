@@ -206,7 +206,10 @@ fn get(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
         let absolute = scope.check_key(&key)?;
         match scope.store.clone().get(&absolute) {
             Some(value) => Ok(scope.entry(&absolute, value)),
-            None => Err(missing(&key)),
+            None => Err(tera::Error::message(format!(
+                "key `{}` not found; use exists() or getv() with a default if it is optional",
+                normalize_key(&key)
+            ))),
         }
     })
 }

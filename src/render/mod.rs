@@ -75,6 +75,7 @@ impl Renderer {
     /// Renders one template against `store`, strictly: a missing key or one
     /// outside the template's keys fails the render.
     pub fn render(&self, template: &Template, store: &Arc<Store>) -> Result<Rendered, UnitError> {
+        filters::take_rejected();
         let guard = functions::Scope::enter(store.clone(), template);
         let result = self.tera.render(&template.src, &Context::new());
         let reads = guard.finish();
@@ -134,7 +135,12 @@ fn locate(e: &tera::Error, fallback: &str) -> (String, Option<usize>, String) {
                 message.push_str(&s.to_string());
                 source = s.source();
             }
-            (fallback.to_string(), None, message)
+            // Reference errors (unknown filter, function or include) come as a
+            // report in plain text: "error: ...", then "--> name:line:col".
+            match parse_report(&message) {
+                Some((name, line, text)) => (name, Some(line), text),
+                None => (fallback.to_string(), None, message),
+            }
         }
     }
 }
@@ -158,6 +164,21 @@ pub fn redact(text: &str, t: &Template, reads: &[KeyRead]) -> String {
     out
 }
 
+/// Finds the first `error: MESSAGE` and `--> NAME:LINE:COL` lines of a
+/// Tera report.
+fn parse_report(report: &str) -> Option<(String, usize, String)> {
+    let text = report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("error: "))?
+        .to_string();
+    let location = report.lines().find_map(|l| l.trim().strip_prefix("--> "))?;
+    let mut parts = location.rsplitn(3, ':');
+    let _col = parts.next()?;
+    let line = parts.next()?.parse().ok()?;
+    let name = parts.next()?.to_string();
+    Some((name, line, text))
+}
+
 pub(crate) fn template_config_error(e: tera::Error, fallback: &str) -> ConfigError {
     let (template, line, message) = locate(&e, fallback);
     ConfigError::Template {
@@ -169,13 +190,11 @@ pub(crate) fn template_config_error(e: tera::Error, fallback: &str) -> ConfigErr
 
 fn render_error(e: tera::Error, t: &Template, reads: &[KeyRead]) -> UnitError {
     let (template, line, mut message) = locate(&e, &t.src);
-    // A validation filter names the bad value; name the key it came from too.
-    if let Some(read) = reads
-        .iter()
-        .rev()
-        .find(|r| !r.value.is_empty() && message.contains(&format!("\"{}\"", r.value)))
-    {
-        message.push_str(&format!(" (value of key `{}`)", read.key));
+    // A validation filter refused a value; name the key it came from.
+    if let Some(value) = filters::take_rejected() {
+        if let Some(read) = reads.iter().rev().find(|r| r.value == value) {
+            message.push_str(&format!(" (value of key `{}`)", read.key));
+        }
     }
     let message = redact(&message, t, reads);
     UnitError::Render {

@@ -86,7 +86,6 @@ impl Etcd {
         if let (Some(user), Some(password)) = (&config.username, &config.password) {
             options = options.with_user(user.clone(), password.clone());
         }
-        let endpoints: Vec<String> = config.endpoints.iter().map(|e| strip_scheme(e)).collect();
         let err = |message: String| SourceError::Etcd {
             endpoints: config.describe(),
             message,
@@ -94,11 +93,19 @@ impl Etcd {
         if let Some(tls) = &config.tls {
             options = options.with_tls(tls_options(tls).map_err(err)?);
         }
-        let connect = Client::connect(&endpoints, Some(options));
-        let client = tokio::time::timeout(config.request_timeout, connect)
+        let endpoints: Vec<String> = config.endpoints.iter().map(|e| strip_scheme(e)).collect();
+        // etcd-client's balancer keeps sending requests to endpoints that
+        // refuse connections, so with several endpoints use those that answer.
+        let endpoints = if endpoints.len() > 1 {
+            live_endpoints(&endpoints, &options, config.request_timeout)
+                .await
+                .map_err(err)?
+        } else {
+            endpoints
+        };
+        let client = connect_client(&endpoints, options, config.request_timeout)
             .await
-            .map_err(|_| err(format!("no answer within {:?}", config.request_timeout)))?
-            .map_err(|e| err(describe_error(&e)))?;
+            .map_err(err)?;
         let mut etcd = Etcd { client, config };
         // Connecting is lazy; a read proves the endpoint answers.
         etcd.request(
@@ -271,6 +278,79 @@ async fn drain(
         }
     };
     let _ = events.send((generation, lost));
+}
+
+async fn connect_client(
+    endpoints: &[String],
+    options: ConnectOptions,
+    timeout: Duration,
+) -> Result<Client, String> {
+    let connect = Client::connect(endpoints, Some(options));
+    tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+        .map_err(|e| describe_error(&e))
+}
+
+/// The endpoints that answer a cheap request, probed concurrently; an error
+/// naming each endpoint's failure when none does.
+async fn live_endpoints(
+    endpoints: &[String],
+    options: &ConnectOptions,
+    timeout: Duration,
+) -> Result<Vec<String>, String> {
+    let probes = endpoints.iter().map(|endpoint| {
+        let options = options.clone();
+        let endpoint = endpoint.clone();
+        async move {
+            let probe = async {
+                let mut client =
+                    connect_client(std::slice::from_ref(&endpoint), options, timeout).await?;
+                client
+                    .get("/", Some(GetOptions::new().with_count_only()))
+                    .await
+                    .map_err(|e| describe_error(&e))
+            };
+            let result = match tokio::time::timeout(timeout, probe).await {
+                Ok(result) => result.map(|_| ()),
+                Err(_) => Err(format!("no answer within {timeout:?}")),
+            };
+            (endpoint, result)
+        }
+    });
+    let results = futures_join_all(probes).await;
+    let live: Vec<String> = results
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(e, _)| e.clone())
+        .collect();
+    for (endpoint, result) in &results {
+        if let Err(e) = result {
+            tracing::warn!(endpoint = %endpoint, error = %e, "etcd endpoint does not answer; using the others");
+        }
+    }
+    if live.is_empty() {
+        let reasons: Vec<String> = results
+            .into_iter()
+            .filter_map(|(e, r)| r.err().map(|m| format!("{e}: {m}")))
+            .collect();
+        return Err(format!("no endpoint answers ({})", reasons.join("; ")));
+    }
+    Ok(live)
+}
+
+/// Runs every future on its own task, concurrently, keeping their order.
+async fn futures_join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await.expect("an endpoint probe does not panic"));
+    }
+    out
 }
 
 /// Reads the CA and the client identity for TLS to etcd.

@@ -5,3 +5,5 @@ mod support;
 
 mod bird_socket;
 mod fixtures_selftest;
+mod corpus;
+mod onetime;
