@@ -158,8 +158,22 @@ pub enum LogFormat {
     Json,
 }
 
+/// Handles `completions` and `man`, which need no settings: the exit code
+/// when the command line asked for one of them.
+pub fn generate(cli: &Cli) -> Option<std::process::ExitCode> {
+    let command = cli.command.as_ref()?;
+    match print_generated(command) {
+        Ok(true) => Some(std::process::ExitCode::SUCCESS),
+        Ok(false) => None,
+        Err(e) => {
+            eprintln!("confera: {e}");
+            Some(std::process::ExitCode::from(1))
+        }
+    }
+}
+
 /// Prints what `completions` and `man` generate; false for other commands.
-pub fn print_generated(command: &Command) -> std::io::Result<bool> {
+fn print_generated(command: &Command) -> std::io::Result<bool> {
     use clap::CommandFactory;
     use std::io::Write;
     let mut cmd = Cli::command();

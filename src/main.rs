@@ -1,19 +1,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use confera::{cli::Cli, settings::Settings, RunStatus};
+use confera::{cli::Cli, error::ConfigError, settings::Settings, RunStatus};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(command) = &cli.command {
-        match confera::cli::print_generated(command) {
-            Ok(true) => return ExitCode::SUCCESS,
-            Ok(false) => {}
-            Err(e) => {
-                eprintln!("confera: {e}");
-                return ExitCode::from(1);
-            }
-        }
+    if let Some(code) = confera::cli::generate(&cli) {
+        return code;
     }
     let settings = match Settings::from_cli(&cli) {
         Ok(settings) => settings,
@@ -25,18 +18,14 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("the tokio runtime starts");
-    match runtime.block_on(confera::run(
-        cli.command,
-        settings,
-        confera::shutdown_signal(),
-    )) {
+    match runtime.block_on(confera::run(&cli, settings, confera::shutdown_signal())) {
         Ok(RunStatus::Success) => ExitCode::SUCCESS,
         Ok(RunStatus::Failed) => ExitCode::from(1),
         Err(e) => fatal(&e),
     }
 }
 
-fn fatal(e: &confera::error::ConfigError) -> ExitCode {
+fn fatal(e: &ConfigError) -> ExitCode {
     eprintln!("confera: {e}");
     ExitCode::from(2)
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::Command;
+use crate::cli::{Cli, Command};
 use crate::error::ConfigError;
 use crate::metrics::{self, Health, Metrics};
 use crate::notify_systemd::Systemd;
@@ -76,13 +76,16 @@ impl Config {
 
 /// Runs confera until done (`--onetime`, `check`) or until `shutdown`
 /// completes.
+///
+/// `cli` is kept so that SIGHUP in watch mode can resolve the settings again
+/// (the settings file may have changed).
 pub async fn run(
-    command: Option<Command>,
+    cli: &Cli,
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunStatus, ConfigError> {
     let config = Config::load(&settings)?;
-    if let Some(Command::Check) = command {
+    if let Some(Command::Check) = cli.command {
         return Ok(check_confdir(&config));
     }
     // Completions and the man page are printed by the binary before settings load.
@@ -92,7 +95,7 @@ pub async fn run(
     let telemetry = Telemetry::start(&settings).await?;
     let status = match settings.mode {
         Mode::Poll { interval } => poll(&settings, &config, interval, &telemetry, shutdown).await,
-        _ => watch::run(settings, config, &telemetry, shutdown).await,
+        _ => watch::run(cli, settings, config, &telemetry, shutdown).await,
     };
     telemetry.stop().await;
     status

@@ -17,7 +17,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::cli::Backend;
+use crate::cli::{Backend, Cli};
 use crate::compare::{self, FileState};
 use crate::debounce::{Backoff, Debouncer};
 use crate::error::ConfigError;
@@ -117,6 +117,7 @@ struct PendingReload {
 }
 
 struct Daemon<'t> {
+    cli: &'t Cli,
     telemetry: &'t Telemetry,
     /// The metrics label of the backend.
     backend: &'static str,
@@ -163,6 +164,7 @@ struct Owned {
 
 /// Runs watch mode until `shutdown` completes.
 pub async fn run(
+    cli: &Cli,
     settings: Settings,
     config: Config,
     telemetry: &Telemetry,
@@ -179,6 +181,7 @@ pub async fn run(
     };
     let is_etcd = matches!(settings.backend, Backend::Etcd | Backend::Etcdv3);
     let mut daemon = Daemon {
+        cli,
         telemetry,
         backend: match settings.backend {
             Backend::Etcd | Backend::Etcdv3 => "etcd",
@@ -246,7 +249,8 @@ pub async fn run(
                 }
             }
             Event::Hup => {
-                tracing::info!("SIGHUP received, reloading the configuration");
+                tracing::info!("SIGHUP received, reloading settings and configuration");
+                daemon.reload_settings();
                 daemon.config_reload_at = Some(Instant::now());
             }
             Event::Tick => daemon.on_tick(resync).await,
@@ -765,6 +769,37 @@ impl Daemon<'_> {
 
     /// Loads conf.d and templates again; a bad new configuration is reported
     /// and the running one kept.
+    /// Resolves the settings again (the settings file may have changed). A
+    /// changed source (backend, endpoints, credentials, data files) means a
+    /// fresh connection and snapshot; a bad new file keeps the old settings.
+    fn reload_settings(&mut self) {
+        let mut settings = match Settings::from_cli(self.cli) {
+            Ok(settings) => settings,
+            Err(e) => {
+                tracing::error!(error = %e, "new settings rejected; keeping the running ones");
+                return;
+            }
+        };
+        if settings.backend != self.settings.backend {
+            tracing::warn!("changing the backend needs a restart; keeping the running backend");
+            settings.backend = self.settings.backend;
+        }
+        if settings.files != self.settings.files {
+            tracing::warn!("changing the data files needs a restart; keeping the running ones");
+            settings.files = self.settings.files.clone();
+        }
+        let source_changed = settings.nodes != self.settings.nodes
+            || settings.username != self.settings.username
+            || settings.password != self.settings.password
+            || settings.tls != self.settings.tls;
+        self.settings = settings;
+        if source_changed && self.link.is_some() {
+            tracing::info!("etcd settings changed; reconnecting");
+            self.need_snapshot = true;
+            self.restart_link(0);
+        }
+    }
+
     fn reload_config(&mut self) {
         let config = match Config::load(&self.settings) {
             Ok(config) => config,
