@@ -135,6 +135,8 @@ pub struct BatchReport {
     pub units: Vec<(String, Result<Outcome, UnitError>)>,
     /// Reload actions that failed, with the units that wanted them.
     pub failed_reloads: Vec<(Reload, Vec<String>, ReloadFailure)>,
+    /// Reload actions that succeeded.
+    pub reloaded: Vec<Reload>,
 }
 
 impl BatchReport {
@@ -183,9 +185,12 @@ impl Pipeline<'_> {
                 self.metrics
                     .reload(name, reload::method(&action), result.is_ok());
             }
-            if let Err(e) = result {
-                tracing::error!(units = %names.join(","), error = %e, "reload failed");
-                report.failed_reloads.push((action, names, e));
+            match result {
+                Ok(()) => report.reloaded.push(action),
+                Err(e) => {
+                    tracing::error!(units = %names.join(","), error = %e, "reload failed");
+                    report.failed_reloads.push((action, names, e));
+                }
             }
         }
         report

@@ -40,7 +40,9 @@ pub fn stage_prefix(unit: &str) -> String {
 impl Stage {
     /// Stages `members` (resolved destination, wanted state). One staging
     /// directory per destination directory, named for the unit and this
-    /// process, created 0700 so nobody else can plant files in it.
+    /// process, created 0711: nobody else can list it or plant files in it,
+    /// but a daemon running as another user (BIRD's `configure check`) can
+    /// open the staged files, which already carry their final mode.
     pub fn create(
         unit: &str,
         members: Vec<(PathBuf, FileState)>,
@@ -122,8 +124,12 @@ fn make_stage_dir(parent: &Path, unit: &str) -> io::Result<PathBuf> {
             std::process::id(),
             rand::random::<u32>()
         ));
-        match DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => return Ok(dir),
+        match DirBuilder::new().mode(0o711).create(&dir) {
+            Ok(()) => {
+                // The umask may have narrowed the mode; set it exactly.
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o711))?;
+                return Ok(dir);
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }
@@ -220,7 +226,7 @@ mod tests {
         let b = &stage.files()[1].staged;
         assert_eq!(a.parent(), b.parent());
         let stage_dir = a.parent().unwrap().to_path_buf();
-        assert_eq!(fs::metadata(&stage_dir).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(fs::metadata(&stage_dir).unwrap().mode() & 0o777, 0o711);
         assert_eq!(fs::metadata(a).unwrap().mode() & 0o7777, 0o640);
         assert_eq!(fs::read_to_string(b).unwrap(), "filter f {}\n");
         drop(stage);

@@ -602,6 +602,8 @@ impl Daemon<'_> {
             tracing::warn!(unit = %name, attempt, retry_in_ms = delay.as_millis() as u64, "will retry");
             self.debounce.now(name, now + delay);
         }
+        // A reload that just worked makes a pending retry of it moot.
+        self.reloads.retain(|r| !report.reloaded.contains(&r.action));
         for (action, units, _) in report.failed_reloads {
             self.schedule_reload_retry(action, units, 1);
         }

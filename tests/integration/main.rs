@@ -7,3 +7,5 @@ mod bird_socket;
 mod fixtures_selftest;
 mod corpus;
 mod onetime;
+mod bird_e2e;
+mod example;
