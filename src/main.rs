@@ -18,7 +18,11 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("the tokio runtime starts");
-    match runtime.block_on(confera::run(&cli, settings, confera::shutdown_signal())) {
+    let shutdown = {
+        let _runtime = runtime.enter();
+        confera::shutdown_signal()
+    };
+    match runtime.block_on(confera::run(&cli, settings, shutdown)) {
         Ok(RunStatus::Success) => ExitCode::SUCCESS,
         Ok(RunStatus::Failed) => ExitCode::from(1),
         Err(e) => fatal(&e),

@@ -6,6 +6,7 @@
 //! changed; a failed render or check leaves every destination untouched;
 //! one failing unit never stops the others.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -149,6 +150,27 @@ pub struct Pipeline<'a> {
     pub renderer: &'a Renderer,
     pub options: Options,
     pub metrics: &'a Metrics,
+    /// Attributes to keep where a template sets none, by destination; else
+    /// the destination's current ones are kept.
+    pub keep: Option<&'a HashMap<PathBuf, Attributes>>,
+}
+
+/// A file's mode and owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attributes {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Attributes {
+    pub fn of(state: &FileState) -> Attributes {
+        Attributes {
+            mode: state.mode,
+            uid: state.uid,
+            gid: state.gid,
+        }
+    }
 }
 
 impl Pipeline<'_> {
@@ -255,20 +277,22 @@ impl Pipeline<'_> {
             };
             let dest = compare::resolve_dest(&template.dest).map_err(io)?;
             let have = compare::current(&dest).map_err(io)?;
-            // Unset attributes keep what the destination has, as confd does.
+            // Unset attributes keep what confera set before, else what the
+            // destination has (as confd does), else 0644 and our own ids.
+            let kept = self
+                .keep
+                .and_then(|k| k.get(&dest).copied())
+                .or(have.as_ref().map(Attributes::of));
             let want = FileState {
-                content: rendered.text.as_bytes().to_vec(),
-                mode: template
-                    .mode
-                    .or(have.as_ref().map(|h| h.mode))
-                    .unwrap_or(0o644),
+                content: rendered.text.into_bytes(),
+                mode: template.mode.or(kept.map(|k| k.mode)).unwrap_or(0o644),
                 uid: template
                     .uid
-                    .or(have.as_ref().map(|h| h.uid))
+                    .or(kept.map(|k| k.uid))
                     .unwrap_or_else(|| nix::unistd::geteuid().as_raw()),
                 gid: template
                     .gid
-                    .or(have.as_ref().map(|h| h.gid))
+                    .or(kept.map(|k| k.gid))
                     .unwrap_or_else(|| nix::unistd::getegid().as_raw()),
             };
             planned.push(Planned {

@@ -171,6 +171,7 @@ async fn onetime(
         renderer: &config.renderer,
         options: settings.options,
         metrics,
+        keep: None,
     };
     let units: Vec<&Unit> = config.units.iter().collect();
     let report = pipeline.run_batch(&units, &store).await;
@@ -195,6 +196,7 @@ async fn poll(
         renderer: &config.renderer,
         options: settings.options,
         metrics: &telemetry.metrics,
+        keep: None,
     };
     let units: Vec<&Unit> = config.units.iter().collect();
     tokio::pin!(shutdown);
@@ -246,13 +248,18 @@ fn check_confdir(config: &Config) -> RunStatus {
     RunStatus::Success
 }
 
-/// Completes on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+/// A future that completes on SIGTERM or SIGINT. The handlers are
+/// installed now, not at the first poll, so a signal that arrives while the
+/// first render runs is not lost to the default action. Call it inside the
+/// runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+    async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+        }
     }
 }

@@ -21,7 +21,7 @@ use crate::cli::{Backend, Cli};
 use crate::compare::{self, FileState};
 use crate::debounce::{Backoff, Debouncer};
 use crate::error::ConfigError;
-use crate::pipeline::{Committed, Outcome, Pipeline};
+use crate::pipeline::{Attributes, Committed, Outcome, Pipeline};
 use crate::reload;
 use crate::resource::{Drift, Reload, Unit};
 use crate::run::{Config, RunStatus, Telemetry};
@@ -225,6 +225,12 @@ pub async fn run(
         .map(tokio::time::interval);
     loop {
         let deadline = daemon.next_deadline();
+        // A steady stream of watch events must not starve due work (the
+        // debounce MAX): a passed deadline goes first.
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            daemon.on_tick(resync).await;
+            continue;
+        }
         let event = tokio::select! {
             biased;
             _ = &mut shutdown => Event::Shutdown,
@@ -572,10 +578,18 @@ impl Daemon<'_> {
             .iter()
             .filter(|u| due.contains(&u.name))
             .collect();
+        // Drift defense: unset modes and owners keep what confera set, not
+        // what someone changed them to since.
+        let keep: HashMap<PathBuf, Attributes> = self
+            .owned
+            .iter()
+            .map(|(path, o)| (path.clone(), Attributes::of(&o.state)))
+            .collect();
         let pipeline = Pipeline {
             renderer: &self.config.renderer,
             options: self.settings.options,
             metrics: &self.telemetry.metrics,
+            keep: Some(&keep),
         };
         let report = pipeline.run_batch(&units, &self.store).await;
         let mut retry = Vec::new();
@@ -603,7 +617,8 @@ impl Daemon<'_> {
             self.debounce.now(name, now + delay);
         }
         // A reload that just worked makes a pending retry of it moot.
-        self.reloads.retain(|r| !report.reloaded.contains(&r.action));
+        self.reloads
+            .retain(|r| !report.reloaded.contains(&r.action));
         for (action, units, _) in report.failed_reloads {
             self.schedule_reload_retry(action, units, 1);
         }
@@ -733,10 +748,13 @@ impl Daemon<'_> {
         }
         let tx = self.fs_tx.clone();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(event) = res {
-                if !event.paths.is_empty() {
-                    let _ = tx.try_send(Event::Dest(event.paths));
-                }
+            use notify::event::{AccessKind, AccessMode, EventKind};
+            let Ok(event) = res else { return };
+            // Reads (including our own drift check's) are not changes; reacting
+            // to them would make every check trigger the next one.
+            let read_only = matches!(event.kind, EventKind::Access(a) if a != AccessKind::Close(AccessMode::Write));
+            if !event.paths.is_empty() && !read_only {
+                let _ = tx.try_send(Event::Dest(event.paths));
             }
         });
         let mut watcher = match watcher {

@@ -9,3 +9,5 @@ mod corpus;
 mod onetime;
 mod bird_e2e;
 mod example;
+mod drift;
+mod watch;
