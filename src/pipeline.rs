@@ -179,7 +179,7 @@ impl Pipeline<'_> {
         let mut report = BatchReport::default();
         let mut reloads: Vec<(Reload, PathBuf, Vec<String>)> = Vec::new();
         for unit in units {
-            let span = tracing::info_span!("unit", unit = %unit.name);
+            let span = tracing::info_span!("resource", resource = %unit.name);
             let result = self.process(unit, store).instrument(span).await;
             if result.is_ok() {
                 self.metrics.unit_success(&unit.name);
@@ -195,13 +195,13 @@ impl Pipeline<'_> {
                         )),
                     }
                 }
-                Err(e) => tracing::error!(unit = %unit.name, error = %e, "unit failed"),
+                Err(e) => tracing::error!(resource = %unit.name, error = %e, "unit failed"),
                 _ => {}
             }
             report.units.push((unit.name.clone(), result));
         }
         for (action, dest, names) in reloads {
-            let span = tracing::info_span!("reload", units = %names.join(","));
+            let span = tracing::info_span!("reload", resources = %names.join(","));
             let result = reload::reload(&action, &dest).instrument(span).await;
             for name in &names {
                 self.metrics
@@ -210,7 +210,7 @@ impl Pipeline<'_> {
             match result {
                 Ok(()) => report.reloaded.push(action),
                 Err(e) => {
-                    tracing::error!(units = %names.join(","), error = %e, "reload failed");
+                    tracing::error!(resources = %names.join(","), error = %e, "reload failed");
                     report.failed_reloads.push((action, names, e));
                 }
             }
@@ -259,7 +259,12 @@ impl Pipeline<'_> {
                 continue;
             }
             let method = commit::commit(file)?;
-            tracing::info!(dest = %file.dest.display(), method = ?method, "committed");
+            tracing::info!(
+                dest = %file.dest.display(),
+                method = ?method,
+                duration_ms = started.elapsed().as_millis() as u64,
+                "committed"
+            );
             written.push(file.dest.clone());
         }
         self.metrics.commit(&unit.name);

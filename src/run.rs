@@ -117,11 +117,10 @@ impl Telemetry {
         let server = match settings.metrics_addr {
             Some(addr) => {
                 let token = CancellationToken::new();
-                let (bound, task) =
+                let (_bound, task) =
                     metrics::serve(addr, metrics.clone(), health.clone(), token.clone())
                         .await
                         .map_err(|e| ConfigError::Settings(e.to_string()))?;
-                tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
                 Some((token, task))
             }
             None => None,

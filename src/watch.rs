@@ -366,6 +366,11 @@ impl Daemon<'_> {
                     _client: Box::new(etcd),
                     tasks,
                 });
+                self.telemetry.metrics.backend_up(self.backend, true);
+                self.telemetry
+                    .metrics
+                    .revision(self.backend, self.store.revision());
+                self.telemetry.health.set_healthy();
             }
             Err(e) => {
                 self.telemetry.metrics.backend_up(self.backend, false);
@@ -484,7 +489,7 @@ impl Daemon<'_> {
                 self.telemetry.metrics.backend_up(self.backend, false);
                 self.telemetry
                     .health
-                    .set_unhealthy(format!("watch lost: {reason}"));
+                    .set_unhealthy(format!("etcd watch lost: {reason}"));
                 if compacted {
                     tracing::warn!(prefix = %prefix, reason = %reason, "watch lost its history; resyncing");
                     self.need_snapshot = true;
@@ -597,10 +602,10 @@ impl Daemon<'_> {
             match result {
                 Ok(outcome) => {
                     if self.failures.remove(name).is_some() {
-                        tracing::info!(unit = %name, "recovered");
+                        tracing::info!(resource = %name, "recovered");
                     }
                     if let Outcome::Committed { written, .. } = outcome {
-                        tracing::debug!(unit = %name, files = written.len(), "batch committed");
+                        tracing::debug!(resource = %name, files = written.len(), "batch committed");
                     }
                     self.own(name, outcome.files());
                 }
@@ -613,7 +618,7 @@ impl Daemon<'_> {
         }
         for (name, attempt) in retry {
             let delay = self.backoff.next(attempt);
-            tracing::warn!(unit = %name, attempt, retry_in_ms = delay.as_millis() as u64, "will retry");
+            tracing::warn!(resource = %name, attempt, retry_in_ms = delay.as_millis() as u64, "will retry");
             self.debounce.now(name, now + delay);
         }
         // A reload that just worked makes a pending retry of it moot.
@@ -654,10 +659,10 @@ impl Daemon<'_> {
         for r in due {
             match reload::reload(&r.action, &r.dest).await {
                 Ok(()) => {
-                    tracing::info!(units = %r.units.join(","), attempt = r.attempt, "reload retry succeeded")
+                    tracing::info!(resources = %r.units.join(","), attempt = r.attempt, "reload retry succeeded")
                 }
                 Err(e) => {
-                    tracing::error!(units = %r.units.join(","), attempt = r.attempt, error = %e, "reload retry failed");
+                    tracing::error!(resources = %r.units.join(","), attempt = r.attempt, error = %e, "reload retry failed");
                     self.schedule_reload_retry(r.action, r.units, r.attempt + 1);
                 }
             }
@@ -714,7 +719,7 @@ impl Daemon<'_> {
                 let seen = Some(current);
                 if owned.warned != seen {
                     self.telemetry.metrics.drift(&unit.name, "warn");
-                    tracing::warn!(unit = %unit.name, dest = %path.display(), differs = %what, policy = "warn", "destination changed outside confera");
+                    tracing::warn!(resource = %unit.name, dest = %path.display(), differs = %what, policy = "warn", "destination changed outside confera");
                     owned.warned = seen;
                 }
             }
@@ -724,11 +729,11 @@ impl Daemon<'_> {
                 let now = Instant::now();
                 let at = match owned.last_restore {
                     Some(last) if now < last + DRIFT_RESTORE_SPACING => {
-                        tracing::warn!(unit = %unit.name, dest = %path.display(), differs = %what, "destination keeps being changed outside confera; restoring at most once per second");
+                        tracing::warn!(resource = %unit.name, dest = %path.display(), differs = %what, "destination keeps being changed outside confera; restoring at most once per second");
                         last + DRIFT_RESTORE_SPACING
                     }
                     _ => {
-                        tracing::warn!(unit = %unit.name, dest = %path.display(), differs = %what, policy = "restore", "destination changed outside confera; restoring");
+                        tracing::warn!(resource = %unit.name, dest = %path.display(), differs = %what, policy = "restore", "destination changed outside confera; restoring");
                         now
                     }
                 };

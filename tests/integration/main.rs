@@ -11,3 +11,5 @@ mod bird_e2e;
 mod example;
 mod drift;
 mod watch;
+mod migration;
+mod operations;

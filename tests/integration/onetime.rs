@@ -429,7 +429,7 @@ fn a_failing_unit_does_not_stop_the_next_one_and_the_run_exits_1() {
     let r = onetime(&conf, &etcd, &[]);
 
     r.assert_code(1)
-        .assert_stderr_contains("unit=a")
+        .assert_stderr_contains("resource=a")
         .assert_stderr_contains("key `/app/missing` not found");
     assert_eq!(conf.read("out/b.conf"), "good\n");
     assert!(!conf.exists("out/a.conf"));

@@ -280,7 +280,7 @@ fn only_the_units_whose_keys_changed_are_rendered() {
     // The log line follows the rename.
     assert!(wait_until(DEADLINE, || commits(&confera, &site.dest("b")) == 1));
     let b_before = stamp(&site.dest("b"));
-    let renders_of_b = || confera.log_count("unit{unit=b}");
+    let renders_of_b = || confera.log_count("resource{resource=b}");
     let b_renders_before = renders_of_b();
 
     etcd.put("/a/v", "2");
@@ -444,7 +444,7 @@ fn a_render_that_fails_on_a_missing_key_is_retried_and_a_put_of_the_key_renders_
     site.unit("app", &["/app"], GREETING, "");
     let confera = site.watch_etcd(&etcd.client_url, WAIT, &[]);
     // After the third failure the next retry is 2 s away.
-    wait_for_log(&confera, "will retry unit=app attempt=3");
+    wait_for_log(&confera, "will retry resource=app attempt=3");
     assert!(
         confera.log().contains("/app/greeting"),
         "the error names the key"
@@ -460,7 +460,7 @@ fn a_render_that_fails_on_a_missing_key_is_retried_and_a_put_of_the_key_renders_
         took < Duration::from_secs(1),
         "the put took {took:?} to render: it waited for the retry"
     );
-    wait_for_log(&confera, "recovered unit=app");
+    wait_for_log(&confera, "recovered resource=app");
     site.wait_for_hups(1);
 }
 
@@ -477,7 +477,7 @@ fn a_check_failing_on_an_outside_condition_is_retried_without_any_etcd_change() 
         &format!("check_cmd = \"test -e {}\"", allow.display()),
     );
     let confera = site.watch_etcd(&etcd.client_url, WAIT, &[]);
-    wait_for_log(&confera, "will retry unit=app attempt=1");
+    wait_for_log(&confera, "will retry resource=app attempt=1");
     assert_eq!(site.output("app"), None);
 
     fs::write(&allow, "").unwrap();
