@@ -111,7 +111,7 @@ pub struct ModeArgs {
     /// Watch the backend and re-render what each change touches
     #[arg(long, env = "CONFERA_WATCH")]
     pub watch: bool,
-    /// Poll every SECONDS; with --watch, resync fully at that period [default: 600]
+    /// Poll every SECONDS [default: 600]; with --watch, resync fully at that period (off unless given)
     #[arg(long, env = "CONFERA_INTERVAL", value_name = "SECONDS")]
     pub interval: Option<u64>,
     /// Debounce in watch mode: render after MIN of quiet, at most MAX after the first change [default: 50ms:1s]

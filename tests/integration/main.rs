@@ -13,3 +13,5 @@ mod drift;
 mod watch;
 mod migration;
 mod operations;
+mod crash;
+mod faults;
