@@ -7,6 +7,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::error::UnitError;
@@ -48,10 +49,13 @@ fn is_busy_or_cross_device(e: &io::Error) -> bool {
 /// The fallback: truncate and rewrite the destination itself. Not atomic, so
 /// only used where rename cannot work.
 fn write_in_place(file: &StagedFile) -> io::Result<()> {
+    // The destination was resolved through symlinks already; a link that
+    // appears there since must not redirect the write.
     let mut dest = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(&file.dest)?;
     set_owner_and_mode(&dest, &file.state)?;
     dest.write_all(&file.state.content)?;

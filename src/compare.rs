@@ -55,10 +55,26 @@ impl Difference {
 /// symlink is followed to its target, once, so a commit replaces the target
 /// and keeps the link.
 pub fn resolve_dest(dest: &Path) -> io::Result<PathBuf> {
-    match fs::symlink_metadata(dest) {
-        Ok(meta) if meta.file_type().is_symlink() => fs::canonicalize(dest),
-        _ => Ok(dest.to_path_buf()),
+    let mut path = dest.to_path_buf();
+    // As the kernel does, give up on loops after 40 links.
+    for _ in 0..40 {
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = fs::read_link(&path)?;
+                // A dangling link is followed too: the commit creates its target.
+                path = if target.is_absolute() {
+                    target
+                } else {
+                    crate::stage::parent_of(&path).join(target)
+                };
+            }
+            _ => return Ok(path),
+        }
     }
+    Err(io::Error::other(format!(
+        "{}: too many levels of symbolic links",
+        dest.display()
+    )))
 }
 
 /// Reads the current state of `path`; `None` when it does not exist.

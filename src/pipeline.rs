@@ -82,8 +82,13 @@ struct Planned<'a> {
 
 /// A check failure whose message names the destinations instead of their
 /// staged copies, which are gone by the time anyone reads it.
-fn check_error(stage: &Stage, failure: &CheckFailure) -> UnitError {
+/// A checker may quote the file it rejects, so the message is redacted
+/// like a diff.
+fn check_error(stage: &Stage, failure: &CheckFailure, planned: &[Planned]) -> UnitError {
     let mut message = failure.to_string();
+    for p in planned {
+        message = render::redact(&message, p.template, &p.reads);
+    }
     for file in stage.files() {
         message = message.replace(
             &file.staged.display().to_string(),
@@ -250,7 +255,7 @@ impl Pipeline<'_> {
         if !self.options.sync_only {
             if let Err(failure) = check::check(unit, &stage).await {
                 self.metrics.check_failure(&unit.name);
-                return Err(check_error(&stage, &failure));
+                return Err(check_error(&stage, &failure, &planned));
             }
         }
         let mut written = Vec::new();

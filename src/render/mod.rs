@@ -160,6 +160,11 @@ pub fn redact(text: &str, t: &Template, reads: &[KeyRead]) -> String {
     secrets.sort_by_key(|v| std::cmp::Reverse(v.len()));
     for value in secrets {
         out = out.replace(value, "<redacted>");
+        // Messages quote values Rust-style, escaping quotes and backslashes.
+        let escaped = value.escape_debug().to_string();
+        if escaped != value {
+            out = out.replace(&escaped, "<redacted>");
+        }
     }
     out
 }

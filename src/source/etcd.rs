@@ -403,8 +403,17 @@ fn describe_error(e: &etcd_client::Error) -> String {
                 }
                 source = s.source();
             }
-            // gRPC status 16 is UNAUTHENTICATED.
-            if i32::from(status.code()) == 16 {
+            // gRPC status 16 is UNAUTHENTICATED; etcd 3.4 answers bad
+            // credentials with InvalidArgument and these messages.
+            let auth_failed = i32::from(status.code()) == 16
+                || [
+                    "authentication failed",
+                    "user name is empty",
+                    "invalid auth token",
+                ]
+                .iter()
+                .any(|m| status.message().contains(m));
+            if auth_failed {
                 text.push_str(" (check --username and --password)");
             }
             text

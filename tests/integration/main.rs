@@ -15,3 +15,4 @@ mod migration;
 mod operations;
 mod crash;
 mod faults;
+mod security;
