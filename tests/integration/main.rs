@@ -3,16 +3,16 @@
 
 mod support;
 
-mod bird_socket;
-mod fixtures_selftest;
-mod corpus;
-mod onetime;
 mod bird_e2e;
-mod example;
-mod drift;
-mod watch;
-mod migration;
-mod operations;
+mod bird_socket;
+mod corpus;
 mod crash;
+mod drift;
+mod example;
 mod faults;
+mod fixtures_selftest;
+mod migration;
+mod onetime;
+mod operations;
 mod security;
+mod watch;
