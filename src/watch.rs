@@ -228,6 +228,10 @@ pub async fn run(
         // A steady stream of watch events must not starve due work (the
         // debounce MAX): a passed deadline goes first.
         if deadline.is_some_and(|d| d <= Instant::now()) {
+            // Changes already queued join this batch rather than the next.
+            while let Ok((generation, e)) = watch_rx.try_recv() {
+                daemon.on_watch(generation, e);
+            }
             daemon.on_tick(resync).await;
             continue;
         }
@@ -758,7 +762,12 @@ impl Daemon<'_> {
             // Reads (including our own drift check's) are not changes; reacting
             // to them would make every check trigger the next one.
             let read_only = matches!(event.kind, EventKind::Access(a) if a != AccessKind::Close(AccessMode::Write));
-            if !event.paths.is_empty() && !read_only {
+            // Our own staging directories come and go with every commit.
+            let staging = event
+                .paths
+                .iter()
+                .all(|p| p.to_string_lossy().contains("/.confera-stage-"));
+            if !event.paths.is_empty() && !read_only && !staging {
                 let _ = tx.try_send(Event::Dest(event.paths));
             }
         });

@@ -293,10 +293,17 @@ fn bird_symbol_problem(name: &str) -> Option<&'static str> {
 }
 
 fn is_bird_reserved(name: &str) -> bool {
-    BIRD_KEYWORDS
-        .split_ascii_whitespace()
-        .chain(BIRD_CONSTANTS.split_ascii_whitespace())
-        .any(|word| word == name)
+    // Built once: a mesh of thousands of peers asks thousands of times.
+    static RESERVED: std::sync::OnceLock<std::collections::HashSet<&'static str>> =
+        std::sync::OnceLock::new();
+    RESERVED
+        .get_or_init(|| {
+            BIRD_KEYWORDS
+                .split_ascii_whitespace()
+                .chain(BIRD_CONSTANTS.split_ascii_whitespace())
+                .collect()
+        })
+        .contains(name)
 }
 
 /// `bird_string`: the value as a complete BIRD string literal, quotes included.

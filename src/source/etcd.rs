@@ -6,9 +6,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
-};
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
 use tokio::sync::mpsc;
 
 use crate::error::SourceError;
@@ -137,40 +135,66 @@ impl Etcd {
         }
     }
 
-    /// Reads every key at or under `prefixes` at one revision, in one
-    /// transaction. The store's revision is the snapshot's.
+    /// Reads every key at or under `prefixes` at one revision: the first
+    /// page fixes the revision and every later page reads at it, so the
+    /// snapshot is consistent however many prefixes and keys there are. The
+    /// store's revision is the snapshot's.
     pub async fn snapshot(&mut self, prefixes: &[String]) -> Result<Store, SourceError> {
-        let prefixes = merge_prefixes(prefixes);
-        let mut ops = Vec::with_capacity(prefixes.len() * 2);
-        for prefix in &prefixes {
-            if prefix == "/" {
-                ops.push(TxnOp::get("/", Some(GetOptions::new().with_prefix())));
-            } else {
-                // The key itself and everything below `prefix/`: never `prefix-x`.
-                ops.push(TxnOp::get(prefix.as_str(), None));
-                ops.push(TxnOp::get(
-                    format!("{prefix}/"),
-                    Some(GetOptions::new().with_prefix()),
-                ));
-            }
-        }
-        let response = self
-            .request(|mut c| async move { c.txn(Txn::new().and_then(ops)).await })
-            .await?;
         let mut store = Store::new();
-        store.set_revision(response.header().map(|h| h.revision()).unwrap_or(0));
-        for op in response.op_responses() {
-            if let TxnOpResponse::Get(get) = op {
-                for kv in get.kvs() {
-                    let (Ok(key), Ok(value)) = (kv.key_str(), kv.value_str()) else {
-                        tracing::warn!(key = %String::from_utf8_lossy(kv.key()), "skipping key or value that is not UTF-8");
-                        continue;
-                    };
-                    store.insert(key, value);
-                }
+        let mut revision = 0;
+        for prefix in merge_prefixes(prefixes) {
+            for (start, end) in key_ranges(&prefix) {
+                self.read_range(start, end, &mut revision, &mut store)
+                    .await?;
             }
         }
+        store.set_revision(revision);
         Ok(store)
+    }
+
+    /// Reads `[start, end)` (or the single key `start`) in pages into
+    /// `store`, at `revision` (0: the current one, which is then recorded).
+    async fn read_range(
+        &mut self,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        revision: &mut i64,
+        store: &mut Store,
+    ) -> Result<(), SourceError> {
+        let mut from = start;
+        loop {
+            let mut options = GetOptions::new().with_revision(*revision);
+            if let Some(end) = &end {
+                options = options.with_range(end.clone()).with_limit(SNAPSHOT_PAGE);
+            }
+            let key = from.clone();
+            let page = self
+                .request(|c| async move {
+                    c.kv_client()
+                        .max_decoding_message_size(MAX_MESSAGE)
+                        .get(key, Some(options))
+                        .await
+                })
+                .await?;
+            if *revision == 0 {
+                *revision = page.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            for kv in page.kvs() {
+                let (Ok(key), Ok(value)) = (kv.key_str(), kv.value_str()) else {
+                    tracing::warn!(key = %String::from_utf8_lossy(kv.key()), "skipping key or value that is not UTF-8");
+                    continue;
+                };
+                store.insert(key, value);
+            }
+            match (page.more(), page.kvs().last()) {
+                (true, Some(last)) => {
+                    // The next page starts just after the last key read.
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok(()),
+            }
+        }
     }
 
     /// Watches `prefix` (a merged prefix) from `start_revision`. The stream
@@ -191,7 +215,12 @@ impl Etcd {
             .with_start_revision(start_revision)
             .with_progress_notify();
         let stream = self
-            .request(|mut c| async move { c.watch(key, Some(options)).await })
+            .request(|c| async move {
+                c.watch_client()
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .watch(key, Some(options))
+                    .await
+            })
             .await?;
         Ok(tokio::spawn(drain(
             prefix.to_string(),
@@ -368,6 +397,29 @@ fn tls_options(tls: &crate::settings::Tls) -> Result<etcd_client::TlsOptions, St
         options = options.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
     }
     Ok(options)
+}
+
+/// Keys per snapshot page: small enough for etcd to answer quickly, large
+/// enough that 100k keys take a hundred round trips.
+const SNAPSHOT_PAGE: i64 = 1000;
+
+/// The largest gRPC message accepted: a page of big values, or a watch
+/// response carrying a large transaction (tonic's default is 4 MiB).
+const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+
+/// The key ranges of a merged prefix: the key itself and everything below
+/// `prefix/` (never `prefix-x`); for `/`, every key starting with `/`.
+fn key_ranges(prefix: &str) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    if prefix == "/" {
+        return vec![(b"/".to_vec(), Some(b"0".to_vec()))];
+    }
+    let below = format!("{prefix}/");
+    // '0' is the byte after '/': the range end of everything below `prefix/`.
+    let end = format!("{prefix}0");
+    vec![
+        (prefix.as_bytes().to_vec(), None),
+        (below.into_bytes(), Some(end.into_bytes())),
+    ]
 }
 
 /// Sorted prefixes with every prefix that lies under another dropped.
