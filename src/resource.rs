@@ -446,138 +446,106 @@ fn resolve_group(name: &str) -> Result<u32, String> {
     }
 }
 
-/// Declares a raw TOML struct holding `$own` fields plus every shared
-/// setting, so that `deny_unknown_fields` sees the whole table (serde's
-/// `flatten` would disable it).
-macro_rules! raw_with_shared {
-    ($(#[$meta:meta])* $name:ident<$($g:ident)?> { $($own:ident : $ty:ty),* $(,)? }) => {
-        $(#[$meta])*
+/// Declares the raw TOML structs from ONE list of the shared settings:
+/// `RawShared` (the settings gathered from a file), `RawFile<T>` (the top
+/// level: `T` is one template or a list) and `RawTemplate` (a `[template]`
+/// table, which as in confd may hold the shared settings too). The shared
+/// fields are spelled out in each struct, so that `deny_unknown_fields` sees
+/// the whole table (serde's `flatten` would disable it).
+macro_rules! raw_structs {
+    (
+        shared { $($field:ident : $fty:ty),* $(,)? }
+        template { $($own:ident : $oty:ty),* $(,)? }
+    ) => {
+        /// The shared settings, gathered from the top level and the template tables.
+        #[derive(Default, PartialEq, Debug)]
+        struct RawShared {
+            $($field: Option<$fty>,)*
+        }
+
+        /// The whole file. `T` is one template or a list of them.
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
-        struct $name$(<$g>)? {
-            $($own: $ty,)*
-            check_cmd: Option<String>,
-            reload_cmd: Option<String>,
-            reload_signal: Option<String>,
-            pid_file: Option<PathBuf>,
-            process_name: Option<String>,
-            bird_socket: Option<PathBuf>,
-            check_timeout: Option<String>,
-            reload_timeout: Option<String>,
-            wait: Option<String>,
-            drift: Option<Drift>,
-            bird_check: Option<bool>,
-            bird_configure: Option<BirdConfigure>,
-            secret: Option<bool>,
-            secret_keys: Option<Vec<String>>,
-            allow_env: Option<bool>,
+        struct RawFile<T> {
+            template: T,
+            $($field: Option<$fty>,)*
         }
 
-        impl$(<$g>)? $name$(<$g>)? {
+        /// One `[template]` table: its own fields plus the shared settings.
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct RawTemplate {
+            $($own: Option<$oty>,)*
+            $($field: Option<$fty>,)*
+        }
+
+        impl<T> RawFile<T> {
             fn take_shared(&mut self) -> RawShared {
-                RawShared {
-                    check_cmd: self.check_cmd.take(),
-                    reload_cmd: self.reload_cmd.take(),
-                    reload_signal: self.reload_signal.take(),
-                    pid_file: self.pid_file.take(),
-                    process_name: self.process_name.take(),
-                    bird_socket: self.bird_socket.take(),
-                    check_timeout: self.check_timeout.take(),
-                    reload_timeout: self.reload_timeout.take(),
-                    wait: self.wait.take(),
-                    drift: self.drift.take(),
-                    bird_check: self.bird_check.take(),
-                    bird_configure: self.bird_configure.take(),
-                    secret: self.secret.take(),
-                    secret_keys: self.secret_keys.take(),
-                    allow_env: self.allow_env.take(),
-                }
+                RawShared { $($field: self.$field.take(),)* }
+            }
+        }
+
+        impl RawTemplate {
+            fn take_shared(&mut self) -> RawShared {
+                RawShared { $($field: self.$field.take(),)* }
+            }
+        }
+
+        impl RawShared {
+            /// Takes every setting `other` has; one set in both is an error.
+            fn merge(mut self, other: RawShared, path: &Path) -> Result<RawShared, ConfigError> {
+                $(
+                    if self.$field.is_some() && other.$field.is_some() {
+                        return Err(ConfigError::field(
+                            path,
+                            stringify!($field),
+                            "is set both at the top level and inside [template]",
+                        ));
+                    }
+                    if other.$field.is_some() {
+                        self.$field = other.$field;
+                    }
+                )*
+                Ok(self)
+            }
+
+            /// The name of the first setting present, for error messages.
+            fn first_set(&self) -> Option<&'static str> {
+                $( if self.$field.is_some() { return Some(stringify!($field)); } )*
+                None
             }
         }
     };
 }
 
-raw_with_shared!(
-    /// The whole file. `T` is one template or a list of them.
-    RawFile<T> { template: T }
-);
-
-raw_with_shared!(
-    /// One `[template]` table: its own fields plus, as in confd, the shared
-    /// settings.
-    RawTemplate<> {
-        src: Option<String>,
-        dest: Option<PathBuf>,
-        keys: Option<Vec<String>>,
-        prefix: Option<String>,
-        mode: Option<String>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        owner: Option<String>,
-        group: Option<String>,
+raw_structs! {
+    shared {
+        check_cmd: String,
+        reload_cmd: String,
+        reload_signal: String,
+        pid_file: PathBuf,
+        process_name: String,
+        bird_socket: PathBuf,
+        check_timeout: String,
+        reload_timeout: String,
+        wait: String,
+        drift: Drift,
+        bird_check: bool,
+        bird_configure: BirdConfigure,
+        secret: bool,
+        secret_keys: Vec<String>,
+        allow_env: bool,
     }
-);
-
-/// The shared settings, gathered from the top level and the template tables.
-#[derive(Default, PartialEq, Debug)]
-struct RawShared {
-    check_cmd: Option<String>,
-    reload_cmd: Option<String>,
-    reload_signal: Option<String>,
-    pid_file: Option<PathBuf>,
-    process_name: Option<String>,
-    bird_socket: Option<PathBuf>,
-    check_timeout: Option<String>,
-    reload_timeout: Option<String>,
-    wait: Option<String>,
-    drift: Option<Drift>,
-    bird_check: Option<bool>,
-    bird_configure: Option<BirdConfigure>,
-    secret: Option<bool>,
-    secret_keys: Option<Vec<String>>,
-    allow_env: Option<bool>,
-}
-
-macro_rules! for_each_shared_field {
-    ($mac:ident!($($args:tt)*)) => {
-        $mac!($($args)*; check_cmd, reload_cmd, reload_signal, pid_file, process_name,
-            bird_socket, check_timeout, reload_timeout, wait, drift, bird_check, bird_configure,
-            secret, secret_keys, allow_env)
-    };
-}
-
-macro_rules! merge_fields {
-    ($self:ident, $other:ident, $path:ident; $($field:ident),*) => {
-        $(
-            if $self.$field.is_some() && $other.$field.is_some() {
-                return Err(ConfigError::field(
-                    $path,
-                    stringify!($field),
-                    "is set both at the top level and inside [template]",
-                ));
-            }
-            if $other.$field.is_some() {
-                $self.$field = $other.$field;
-            }
-        )*
-    };
-}
-
-macro_rules! first_set {
-    ($self:ident; $($field:ident),*) => {
-        $( if $self.$field.is_some() { return Some(stringify!($field)); } )*
-    };
-}
-
-impl RawShared {
-    fn merge(mut self, other: RawShared, path: &Path) -> Result<RawShared, ConfigError> {
-        for_each_shared_field!(merge_fields!(self, other, path));
-        Ok(self)
-    }
-
-    fn first_set(&self) -> Option<&'static str> {
-        for_each_shared_field!(first_set!(self));
-        None
+    template {
+        src: String,
+        dest: PathBuf,
+        keys: Vec<String>,
+        prefix: String,
+        mode: String,
+        uid: u32,
+        gid: u32,
+        owner: String,
+        group: String,
     }
 }
 
