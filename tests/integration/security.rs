@@ -19,7 +19,8 @@ use rcgen::{
 use tempfile::TempDir;
 
 use crate::support::cmd::{
-    confera, reserve_ports, run, run_cmd, stop_child, Daemon, KillOnDrop, PortLease, Run,
+    confera, reserve_ports, run, run_cmd, stop_child, wait_until, Daemon, KillOnDrop, PortLease,
+    Run,
 };
 use crate::support::confdir::ConfDir;
 use crate::support::etcd::Etcd;
@@ -166,6 +167,63 @@ fn auth_with_a_wrong_password_is_exit_2_with_a_clear_message_and_no_password() {
         .assert_stderr_contains("check --username and --password");
     assert_not_shown(&run, wrong);
     assert!(!dir.exists("out/app.conf"), "{run}");
+}
+
+#[test]
+fn in_watch_mode_a_refused_login_keeps_the_old_file_and_recovers_without_a_restart() {
+    let etcd = auth_etcd();
+    let dir = app_confdir();
+    fs::write(dir.path().join("out/app.conf"), "OLD\n").unwrap();
+    let later = "L4ter-root-pass";
+    let mut confera = Daemon::spawn(&[
+        "--confdir",
+        dir.arg(),
+        "--node",
+        &etcd.client_url,
+        "--username",
+        "root",
+        "--password",
+        later,
+        "--watch",
+    ]);
+
+    // etcd refuses the login: reported, retried, and the old file stays.
+    assert!(confera.wait_for_log("authentication failed", Duration::from_secs(10)));
+    assert!(confera.wait_for_log("keeping the current files", Duration::from_secs(10)));
+    assert_eq!(dir.read("out/app.conf"), "OLD\n");
+
+    // The operator fixes the credentials on etcd's side; no restart of confera.
+    let endpoint = format!("--endpoints={}", etcd.client_url);
+    let mut passwd = Command::new("etcdctl")
+        .args([
+            &endpoint,
+            &format!("--user=root:{ROOT_PASSWORD}"),
+            "user",
+            "passwd",
+            "root",
+            "--interactive=false",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run etcdctl");
+    use std::io::Write;
+    writeln!(passwd.stdin.take().unwrap(), "{later}").unwrap();
+    assert!(passwd.wait().unwrap().success());
+
+    assert!(
+        wait_until(Duration::from_secs(40), || dir
+            .try_read("out/app.conf")
+            .as_deref()
+            == Some("name=authenticated\n")),
+        "not recovered:\n{}",
+        confera.log()
+    );
+    assert_eq!(confera.terminate(), 0);
+    assert!(
+        !confera.log().contains(later),
+        "the password reached the log"
+    );
 }
 
 #[test]
