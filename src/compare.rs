@@ -19,6 +19,50 @@ pub struct FileState {
     pub gid: u32,
 }
 
+/// What drift defense remembers of a destination: a hash of its content
+/// and its attributes, not the content itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    content: u64,
+    len: usize,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Fingerprint {
+    pub fn of(state: &FileState) -> Fingerprint {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        // SipHash with fixed keys: stable within the process, which is all
+        // a comparison with our own last write needs.
+        let mut hasher = DefaultHasher::new();
+        state.content.hash(&mut hasher);
+        Fingerprint {
+            content: hasher.finish(),
+            len: state.content.len(),
+            mode: state.mode,
+            uid: state.uid,
+            gid: state.gid,
+        }
+    }
+
+    /// How `have` (None: missing) differs from the file this fingerprints.
+    pub fn difference(&self, have: Option<&Fingerprint>) -> Difference {
+        match have {
+            None => Difference {
+                missing: true,
+                ..Difference::default()
+            },
+            Some(have) => Difference {
+                missing: false,
+                content: (have.content, have.len) != (self.content, self.len),
+                mode: have.mode != self.mode,
+                owner: (have.uid, have.gid) != (self.uid, self.gid),
+            },
+        }
+    }
+}
+
 /// Which parts of a destination differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Difference {
@@ -179,6 +223,22 @@ mod tests {
             "content, mode"
         );
         assert_eq!(difference(None, &have).describe(), "missing");
+    }
+
+    #[test]
+    fn fingerprints_tell_the_same_differences_as_full_states() {
+        let have = state("x\n", 0o644);
+        for want in [
+            state("x\n", 0o644),
+            state("y\n", 0o644),
+            state("x\n", 0o600),
+        ] {
+            assert_eq!(
+                Fingerprint::of(&want).difference(Some(&Fingerprint::of(&have))),
+                difference(Some(&have), &want)
+            );
+        }
+        assert!(Fingerprint::of(&have).difference(None).missing);
     }
 
     #[test]

@@ -6,9 +6,8 @@
 //! changed; a failed render or check leaves every destination untouched;
 //! one failing unit never stops the others.
 
-use std::collections::HashMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -157,8 +156,11 @@ pub struct Pipeline<'a> {
     pub metrics: &'a Metrics,
     /// Attributes to keep where a template sets none, by destination; else
     /// the destination's current ones are kept.
-    pub keep: Option<&'a HashMap<PathBuf, Attributes>>,
+    pub keep: Option<&'a KeepAttributes<'a>>,
 }
+
+/// Looks up the attributes to keep for a destination.
+pub type KeepAttributes<'a> = dyn Fn(&Path) -> Option<Attributes> + 'a;
 
 /// A file's mode and owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,7 +293,7 @@ impl Pipeline<'_> {
             // destination has (as confd does), else 0644 and our own ids.
             let kept = self
                 .keep
-                .and_then(|k| k.get(&dest).copied())
+                .and_then(|keep| keep(&dest))
                 .or(have.as_ref().map(Attributes::of));
             let want = FileState {
                 content: rendered.text.into_bytes(),

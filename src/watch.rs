@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::cli::{Backend, Cli};
-use crate::compare::{self, FileState};
+use crate::compare::{self, Fingerprint};
 use crate::debounce::{Backoff, Debouncer};
 use crate::error::ConfigError;
 use crate::pipeline::{Attributes, Committed, Outcome, Pipeline};
@@ -151,7 +151,7 @@ struct Daemon<'t> {
 /// A destination confera owns, as it last left it.
 struct Owned {
     unit: String,
-    state: FileState,
+    state: Fingerprint,
     /// When the last drift restore was scheduled, to restore at most once
     /// per second.
     last_restore: Option<Instant>,
@@ -159,7 +159,7 @@ struct Owned {
     restoring: bool,
     /// A drifted state (None: deleted) already reported in `warn` mode, to
     /// report each edit once.
-    warned: Option<Option<FileState>>,
+    warned: Option<Option<Fingerprint>>,
 }
 
 /// Runs watch mode until `shutdown` completes.
@@ -589,11 +589,14 @@ impl Daemon<'_> {
             .collect();
         // Drift defense: unset modes and owners keep what confera set, not
         // what someone changed them to since.
-        let keep: HashMap<PathBuf, Attributes> = self
-            .owned
-            .iter()
-            .map(|(path, o)| (path.clone(), Attributes::of(&o.state)))
-            .collect();
+        let owned = &self.owned;
+        let keep = |dest: &Path| {
+            owned.get(dest).map(|o| Attributes {
+                mode: o.state.mode,
+                uid: o.state.uid,
+                gid: o.state.gid,
+            })
+        };
         let pipeline = Pipeline {
             renderer: &self.config.renderer,
             options: self.settings.options,
@@ -684,13 +687,13 @@ impl Daemon<'_> {
                 .entry(file.dest.clone())
                 .or_insert_with(|| Owned {
                     unit: unit.to_string(),
-                    state: file.state.clone(),
+                    state: Fingerprint::of(&file.state),
                     last_restore: None,
                     restoring: false,
                     warned: None,
                 });
             entry.unit = unit.to_string();
-            entry.state = file.state.clone();
+            entry.state = Fingerprint::of(&file.state);
             entry.warned = None;
             entry.restoring = false;
         }
@@ -712,7 +715,8 @@ impl Daemon<'_> {
                 return;
             }
         };
-        let difference = compare::difference(current.as_ref(), &owned.state);
+        let current = current.as_ref().map(Fingerprint::of);
+        let difference = owned.state.difference(current.as_ref());
         if !difference.any() {
             return;
         }
@@ -890,16 +894,20 @@ fn watch_files(
     watchers.push(conf_watcher);
 
     if settings.backend == Backend::File {
-        let files: Vec<PathBuf> = settings.files.iter().map(|f| absolute(f)).collect();
+        let files: Vec<PathBuf> = settings
+            .files
+            .iter()
+            .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone()))
+            .collect();
         let names = files.clone();
         let data_tx = tx;
         let mut data_watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
                 if let Ok(event) = res {
-                    // Editors replace files by rename, so watch directories and match names.
-                    if is_content_event(&event)
-                        && event.paths.iter().any(|p| names.contains(&absolute(p)))
-                    {
+                    // Editors replace files by rename, so watch directories and
+                    // match names; event paths are the watched (absolute)
+                    // directory joined with a name.
+                    if is_content_event(&event) && event.paths.iter().any(|p| names.contains(p)) {
                         let _ = data_tx.try_send(Event::DataFiles);
                     }
                 }
@@ -927,16 +935,6 @@ fn is_content_event(event: &notify::Event) -> bool {
         event.kind,
         EventKind::Modify(notify::event::ModifyKind::Metadata(_))
     )
-}
-
-fn absolute(path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map(|d| d.join(path))
-            .unwrap_or_else(|_| path.to_path_buf())
-    }
 }
 
 fn watch_error(path: &Path, e: notify::Error) -> ConfigError {
