@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::duration::{parse_duration, Wait};
 use crate::error::ConfigError;
 use crate::process;
-use crate::store::{is_under, join_keys, normalize_key};
+use crate::store::{glob_base, is_under, join_keys};
 
 const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -404,13 +404,12 @@ impl Ctx<'_> {
 
 /// Whether a secret key pattern can match anything under `keys`.
 fn overlaps(pattern: &str, keys: &[String]) -> bool {
-    let literal = pattern.split('*').next().unwrap_or("");
-    let literal = match literal.rfind('/') {
-        Some(i) if literal.len() != pattern.len() => &literal[..i.max(1)],
-        _ => literal,
+    let base = if pattern.contains('*') {
+        glob_base(pattern)
+    } else {
+        pattern
     };
-    keys.iter()
-        .any(|k| is_under(k, literal) || is_under(literal, k))
+    keys.iter().any(|k| is_under(k, base) || is_under(base, k))
 }
 
 /// Parses an octal mode string such as `0644`, `644` or `0o644`.
@@ -546,15 +545,6 @@ raw_structs! {
         gid: u32,
         owner: String,
         group: String,
-    }
-}
-
-/// Normalised keys a template reads, relative to its prefix; used by `check`.
-pub fn relative_key(template: &Template, absolute: &str) -> String {
-    let abs = normalize_key(absolute);
-    match abs.strip_prefix(template.prefix.as_str()) {
-        Some(rest) if template.prefix != "/" => normalize_key(rest),
-        _ => abs,
     }
 }
 

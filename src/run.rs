@@ -228,7 +228,7 @@ fn check_confdir(config: &Config) -> RunStatus {
             let keys: Vec<String> = t
                 .keys
                 .iter()
-                .map(|k| resource::relative_key(t, k))
+                .map(|k| crate::store::relative_key(&t.prefix, k))
                 .collect();
             println!(
                 "{}: {} -> {} (prefix {}, keys {})",

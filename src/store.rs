@@ -218,6 +218,27 @@ pub fn is_under(key: &str, prefix: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
+/// The directory a glob pattern searches: the path up to the `/` before its
+/// first `*` (`/peers/*/asn` → `/peers`); for a pattern without `*`, its
+/// parent.
+pub fn glob_base(pattern: &str) -> &str {
+    let literal = pattern.split('*').next().unwrap_or("");
+    match literal.rfind('/') {
+        Some(i) => &literal[..i.max(1)],
+        None => "/",
+    }
+}
+
+/// `key` relative to `prefix`: `/fabric/peers/a` under `/fabric` is
+/// `/peers/a`. A key not under the prefix is returned as it is.
+pub fn relative_key(prefix: &str, key: &str) -> String {
+    let key = normalize_key(key);
+    if prefix == "/" || !is_under(&key, prefix) {
+        return key;
+    }
+    normalize_key(&key[prefix.len()..])
+}
+
 /// Matches a normalised key against a pattern in which `*` matches any run of
 /// characters other than `/`.
 pub fn glob_match(pattern: &str, key: &str) -> bool {
@@ -287,6 +308,17 @@ mod tests {
         let keys: Vec<_> = s.under("/app/db").map(|(k, _)| k).collect();
         assert_eq!(keys, ["/app/db", "/app/db/x"]);
         assert_eq!(s.under("/").count(), 4);
+    }
+
+    #[test]
+    fn keys_are_made_relative_to_a_prefix_on_segment_boundaries() {
+        assert_eq!(relative_key("/fabric", "/fabric/peers/a"), "/peers/a");
+        assert_eq!(relative_key("/fabric", "/fabric"), "/");
+        assert_eq!(relative_key("/fabric", "/fabricx/a"), "/fabricx/a");
+        assert_eq!(relative_key("/", "/a/b"), "/a/b");
+        assert_eq!(glob_base("/peers/*/asn"), "/peers");
+        assert_eq!(glob_base("/p*"), "/");
+        assert_eq!(glob_base("/peers/a"), "/peers");
     }
 
     #[test]

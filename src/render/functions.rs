@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tera::{Kwargs, Map, State, Tera, TeraResult, Value};
 
 use crate::resource::Template;
-use crate::store::{is_under, join_keys, normalize_key, Store};
+use crate::store::{glob_base, is_under, join_keys, normalize_key, relative_key, Store};
 
 /// A key a template read, relative to the resource's prefix, with its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,14 +79,7 @@ impl ScopeData {
     }
 
     fn relative(&self, absolute: &str) -> String {
-        if self.prefix == "/" {
-            return absolute.to_string();
-        }
-        normalize_key(
-            absolute
-                .strip_prefix(self.prefix.as_str())
-                .unwrap_or(absolute),
-        )
+        relative_key(&self.prefix, absolute)
     }
 
     fn in_scope(&self, absolute: &str) -> bool {
@@ -141,13 +134,8 @@ impl ScopeData {
     }
 
     fn glob(&mut self, pattern: &str) -> TeraResult<Vec<(String, String)>> {
-        // The literal part before the first `*` decides the scope check.
-        let literal = pattern.split('*').next().unwrap_or("");
-        let literal_path = match literal.rfind('/') {
-            Some(i) => &literal[..i.max(1)],
-            None => "/",
-        };
-        self.check_path(literal_path)?;
+        // The directory the pattern searches decides the scope check.
+        self.check_path(glob_base(pattern))?;
         let absolute = self.absolute(pattern);
         let store = self.store.clone();
         Ok(store
