@@ -93,7 +93,7 @@ impl Etcd {
         if let Some(tls) = &config.tls {
             options = options.with_tls(tls_options(tls).map_err(err)?);
         }
-        let endpoints: Vec<String> = config.endpoints.iter().map(|e| strip_scheme(e)).collect();
+        let endpoints: Vec<String> = config.endpoints.iter().map(|e| trim_endpoint(e)).collect();
         // etcd-client's balancer keeps sending requests to endpoints that
         // refuse connections, so with several endpoints use those that answer.
         let endpoints = if endpoints.len() > 1 {
@@ -103,16 +103,10 @@ impl Etcd {
         } else {
             endpoints
         };
-        let client = connect_client(&endpoints, options, config.request_timeout)
+        let client = connect_checked(&endpoints, options, config.request_timeout)
             .await
             .map_err(err)?;
-        let mut etcd = Etcd { client, config };
-        // Connecting is lazy; a read proves the endpoint answers.
-        etcd.request(
-            |mut c| async move { c.get("/", Some(GetOptions::new().with_count_only())).await },
-        )
-        .await?;
-        Ok(etcd)
+        Ok(Etcd { client, config })
     }
 
     fn error(&self, message: String) -> SourceError {
@@ -289,77 +283,61 @@ async fn drain(
     let _ = events.send((generation, lost));
 }
 
-async fn connect_client(
+/// Connects and proves the connection with a cheap read (connecting is
+/// lazy), all within `timeout`.
+async fn connect_checked(
     endpoints: &[String],
     options: ConnectOptions,
     timeout: Duration,
 ) -> Result<Client, String> {
-    let connect = Client::connect(endpoints, Some(options));
+    let connect = async {
+        let mut client = Client::connect(endpoints, Some(options))
+            .await
+            .map_err(|e| describe_error(&e))?;
+        client
+            .get("/", Some(GetOptions::new().with_count_only()))
+            .await
+            .map_err(|e| describe_error(&e))?;
+        Ok(client)
+    };
     tokio::time::timeout(timeout, connect)
         .await
         .map_err(|_| format!("no answer within {timeout:?}"))?
-        .map_err(|e| describe_error(&e))
 }
 
-/// The endpoints that answer a cheap request, probed concurrently; an error
-/// naming each endpoint's failure when none does.
+/// The endpoints that answer, probed concurrently; an error naming each
+/// endpoint's failure when none does.
 async fn live_endpoints(
     endpoints: &[String],
     options: &ConnectOptions,
     timeout: Duration,
 ) -> Result<Vec<String>, String> {
-    let probes = endpoints.iter().map(|endpoint| {
-        let options = options.clone();
-        let endpoint = endpoint.clone();
-        async move {
-            let probe = async {
-                let mut client =
-                    connect_client(std::slice::from_ref(&endpoint), options, timeout).await?;
-                client
-                    .get("/", Some(GetOptions::new().with_count_only()))
-                    .await
-                    .map_err(|e| describe_error(&e))
-            };
-            let result = match tokio::time::timeout(timeout, probe).await {
-                Ok(result) => result.map(|_| ()),
-                Err(_) => Err(format!("no answer within {timeout:?}")),
-            };
-            (endpoint, result)
-        }
-    });
-    let results = futures_join_all(probes).await;
-    let live: Vec<String> = results
-        .iter()
-        .filter(|(_, r)| r.is_ok())
-        .map(|(e, _)| e.clone())
-        .collect();
-    for (endpoint, result) in &results {
-        if let Err(e) = result {
-            tracing::warn!(endpoint = %endpoint, error = %e, "etcd endpoint does not answer; using the others");
+    let mut probes = tokio::task::JoinSet::new();
+    for endpoint in endpoints {
+        let (endpoint, options) = (endpoint.clone(), options.clone());
+        probes.spawn(async move {
+            let result = connect_checked(std::slice::from_ref(&endpoint), options, timeout).await;
+            (endpoint, result.map(drop))
+        });
+    }
+    let mut live = Vec::new();
+    let mut reasons = Vec::new();
+    while let Some(probe) = probes.join_next().await {
+        match probe.expect("an endpoint probe does not panic") {
+            (endpoint, Ok(())) => live.push(endpoint),
+            (endpoint, Err(e)) => {
+                tracing::warn!(endpoint = %endpoint, error = %e, "etcd endpoint does not answer; using the others");
+                reasons.push(format!("{endpoint}: {e}"));
+            }
         }
     }
     if live.is_empty() {
-        let reasons: Vec<String> = results
-            .into_iter()
-            .filter_map(|(e, r)| r.err().map(|m| format!("{e}: {m}")))
-            .collect();
+        reasons.sort();
         return Err(format!("no endpoint answers ({})", reasons.join("; ")));
     }
+    // Keep the order the user gave.
+    live.sort_by_key(|e| endpoints.iter().position(|x| x == e));
     Ok(live)
-}
-
-/// Runs every future on its own task, concurrently, keeping their order.
-async fn futures_join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for handle in handles {
-        out.push(handle.await.expect("an endpoint probe does not panic"));
-    }
-    out
 }
 
 /// Reads the CA and the client identity for TLS to etcd.
@@ -476,7 +454,8 @@ pub fn merge_prefixes(prefixes: &[String]) -> Vec<String> {
     merged
 }
 
-fn strip_scheme(endpoint: &str) -> String {
+/// An endpoint as etcd-client wants it: without a trailing `/`.
+fn trim_endpoint(endpoint: &str) -> String {
     endpoint.trim_end_matches('/').to_string()
 }
 
