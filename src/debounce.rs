@@ -49,8 +49,9 @@ impl<K: Hash + Eq + Clone> Debouncer<K> {
             });
     }
 
-    /// Makes `key` due at once (start-up, resync, retries).
-    pub fn now(&mut self, key: K, now: Instant) {
+    /// Makes `key` due at `when`, with no debounce window (start-up,
+    /// resyncs, retries, drift restores).
+    pub fn at(&mut self, key: K, when: Instant) {
         let zero = Wait {
             min: Duration::ZERO,
             max: Duration::ZERO,
@@ -58,8 +59,8 @@ impl<K: Hash + Eq + Clone> Debouncer<K> {
         self.pending.insert(
             key,
             Window {
-                first: now,
-                last: now,
+                first: when,
+                last: when,
                 wait: zero,
             },
         );
@@ -181,11 +182,11 @@ mod tests {
     }
 
     #[test]
-    fn now_makes_a_key_due_immediately() {
+    fn at_makes_a_key_due_at_that_moment_without_a_window() {
         let t0 = Instant::now();
         let mut d = Debouncer::default();
         d.touch("a", t0, wait(100, 1000));
-        d.now("a", t0);
+        d.at("a", t0);
         assert_eq!(d.take_due(t0), ["a"]);
     }
 

@@ -122,13 +122,6 @@ pub enum Drift {
 }
 
 impl Unit {
-    /// Whether a change to `key` (absolute, normalised) concerns this unit.
-    pub fn watches(&self, key: &str) -> bool {
-        self.templates
-            .iter()
-            .any(|t| t.keys.iter().any(|prefix| is_under(key, prefix)))
-    }
-
     /// Every absolute prefix the unit reads.
     pub fn prefixes(&self) -> impl Iterator<Item = &str> {
         self.templates

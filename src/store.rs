@@ -95,15 +95,6 @@ impl Store {
             .chain(children)
     }
 
-    /// Removes every key at or under `prefix`; returns how many were removed.
-    pub fn remove_under(&mut self, prefix: &str) -> usize {
-        let doomed: Vec<String> = self.under(prefix).map(|(k, _)| k.to_string()).collect();
-        for key in &doomed {
-            self.entries.remove(key);
-        }
-        doomed.len()
-    }
-
     /// Replaces everything at or under each of `prefixes` with `fresh`, so
     /// that keys deleted at the source disappear here too. Returns the keys
     /// whose value changed, appeared or disappeared.

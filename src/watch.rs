@@ -521,7 +521,7 @@ impl Daemon<'_> {
         if first {
             let now = Instant::now();
             for unit in &self.config.units {
-                self.debounce.now(unit.name.clone(), now);
+                self.debounce.at(unit.name.clone(), now);
             }
         } else {
             self.touch(&changed, true);
@@ -564,7 +564,7 @@ impl Daemon<'_> {
             .filter(|u| affected.contains(u.name.as_str()))
         {
             if immediately {
-                self.debounce.now(unit.name.clone(), now);
+                self.debounce.at(unit.name.clone(), now);
             } else {
                 let wait = unit.wait.unwrap_or(self.settings.wait);
                 self.debounce.touch(unit.name.clone(), now, wait);
@@ -626,7 +626,7 @@ impl Daemon<'_> {
         for (name, attempt) in retry {
             let delay = self.backoff.next(attempt);
             tracing::warn!(resource = %name, attempt, retry_in_ms = delay.as_millis() as u64, "will retry");
-            self.debounce.now(name, now + delay);
+            self.debounce.at(name, now + delay);
         }
         // A reload that just worked makes a pending retry of it moot.
         self.reloads
@@ -748,7 +748,7 @@ impl Daemon<'_> {
                 owned.last_restore = Some(at);
                 owned.restoring = true;
                 self.telemetry.metrics.drift(&unit.name, "restore");
-                self.debounce.now(unit.name.clone(), at);
+                self.debounce.at(unit.name.clone(), at);
             }
         }
     }
@@ -858,7 +858,7 @@ impl Daemon<'_> {
         self.failures.clear();
         let now = Instant::now();
         for unit in &self.config.units {
-            self.debounce.now(unit.name.clone(), now);
+            self.debounce.at(unit.name.clone(), now);
         }
         if prefixes_changed {
             self.synced = self.link.is_none();

@@ -6,7 +6,7 @@
 //! - key normalisation: one leading `/`, no empty segment, no trailing `/`,
 //!   idempotent, the same segments;
 //! - prefixes: `is_under` is "the prefix's segments start the key's", and
-//!   `Store::under` / `remove_under` / `children` agree with it;
+//!   `Store::under` / `replace_under` / `children` agree with it;
 //! - globs: `glob_match` is the regex in which `*` is `[^/]*`, and
 //!   `Store::glob` returns exactly the matching keys.
 
@@ -230,10 +230,12 @@ proptest! {
             prop_assert_eq!(v, format!("v{k}"));
         }
 
+        // A resync with nothing left under the prefix removes exactly those keys.
         let mut pruned = store.clone();
-        prop_assert_eq!(pruned.remove_under(&prefix), want.len());
+        let removed = pruned.replace_under(std::slice::from_ref(&prefix), Store::new());
+        prop_assert_eq!(&removed, &want);
         for (k, _) in pruned.iter() {
-            prop_assert!(!is_under(k, &prefix), "{:?} survived remove_under({:?})", k, prefix);
+            prop_assert!(!is_under(k, &prefix), "{:?} survived replace_under({:?})", k, prefix);
         }
         prop_assert_eq!(pruned.len() + want.len(), store.len());
     }

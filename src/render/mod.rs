@@ -22,7 +22,6 @@ pub use functions::KeyRead;
 /// Compiling once and rendering many times keeps a render cheap.
 pub struct Renderer {
     tera: Tera,
-    dir: PathBuf,
 }
 
 /// The output of one render and the keys it read, in order of reading.
@@ -62,14 +61,7 @@ impl Renderer {
                 }
             }
         }
-        Ok(Renderer {
-            tera,
-            dir: dir.to_path_buf(),
-        })
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
+        Ok(Renderer { tera })
     }
 
     /// Renders one template against `store`, strictly: a missing key or one
