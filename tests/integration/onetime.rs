@@ -53,6 +53,21 @@ fn resource(conf: &ConfDir, name: &str, template: &str, keys: &str, extra: &str)
     );
 }
 
+/// Starts a SIGHUP-counting daemon and adds unit `app`, rendering `/app/v`
+/// into `out/app.conf`, reloading that daemon, with EXTRA settings.
+fn reloading_app(conf: &ConfDir, extra: &str) -> HupDaemon {
+    let daemon = HupDaemon::start(conf.path());
+    let settings = format!("{extra}pid_file = \"{}\"\n", daemon.pid_file.display());
+    resource(
+        conf,
+        "app",
+        "v = {{ getv(key=\"/app/v\") }}\n",
+        r#"["/app"]"#,
+        &settings,
+    );
+    daemon
+}
+
 fn mode_of(path: &Path) -> u32 {
     fs::metadata(path)
         .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
@@ -214,15 +229,7 @@ fn the_env_backend_reads_myapp_db_url_as_key_myapp_db_url() {
 fn a_changed_output_sends_one_sighup_and_an_identical_one_sends_none() {
     let etcd = Etcd::start();
     let conf = ConfDir::new();
-    let daemon = HupDaemon::start(conf.path());
-    let pid_file = format!("pid_file = \"{}\"\n", daemon.pid_file.display());
-    resource(
-        &conf,
-        "app",
-        "v = {{ getv(key=\"/app/v\") }}\n",
-        r#"["/app"]"#,
-        &pid_file,
-    );
+    let daemon = reloading_app(&conf, "");
     etcd.put("/app/v", "1");
 
     let first = onetime(&conf, &etcd, &[]);
@@ -246,18 +253,7 @@ fn a_changed_output_sends_one_sighup_and_an_identical_one_sends_none() {
 fn a_failing_check_cmd_leaves_the_destination_and_sends_no_sighup() {
     let etcd = Etcd::start();
     let conf = ConfDir::new();
-    let daemon = HupDaemon::start(conf.path());
-    let extra = format!(
-        "check_cmd = \"false\"\npid_file = \"{}\"\n",
-        daemon.pid_file.display()
-    );
-    resource(
-        &conf,
-        "app",
-        "v = {{ getv(key=\"/app/v\") }}\n",
-        r#"["/app"]"#,
-        &extra,
-    );
+    let daemon = reloading_app(&conf, "check_cmd = \"false\"\n");
     conf.file("out/app.conf", "OLD\n");
     etcd.put("/app/v", "1");
 
@@ -274,18 +270,7 @@ fn a_failing_check_cmd_leaves_the_destination_and_sends_no_sighup() {
 fn a_check_that_rejects_a_change_keeps_the_old_file_and_the_next_good_change_reloads_once() {
     let etcd = Etcd::start();
     let conf = ConfDir::new();
-    let daemon = HupDaemon::start(conf.path());
-    let extra = format!(
-        "check_cmd = \"grep -q GOOD {{{{src}}}}\"\npid_file = \"{}\"\n",
-        daemon.pid_file.display()
-    );
-    resource(
-        &conf,
-        "app",
-        "v = {{ getv(key=\"/app/v\") }}\n",
-        r#"["/app"]"#,
-        &extra,
-    );
+    let daemon = reloading_app(&conf, "check_cmd = \"grep -q GOOD {{src}}\"\n");
     etcd.put("/app/v", "GOOD-1");
     onetime(&conf, &etcd, &[]).assert_success();
     assert!(daemon.wait_for_hups(1, HUP_DEADLINE));
