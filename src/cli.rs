@@ -102,6 +102,21 @@ pub enum Backend {
     Env,
 }
 
+impl Backend {
+    pub fn is_etcd(self) -> bool {
+        matches!(self, Backend::Etcd | Backend::Etcdv3)
+    }
+
+    /// The `backend` label of metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Backend::Etcd | Backend::Etcdv3 => "etcd",
+            Backend::File => "file",
+            Backend::Env => "env",
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Mode")]
 pub struct ModeArgs {

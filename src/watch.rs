@@ -119,8 +119,6 @@ struct PendingReload {
 struct Daemon<'t> {
     cli: &'t Cli,
     telemetry: &'t Telemetry,
-    /// The metrics label of the backend.
-    backend: &'static str,
     settings: Settings,
     config: Config,
     index: Index,
@@ -179,15 +177,10 @@ pub async fn run(
         Mode::Watch { resync } => resync,
         _ => None,
     };
-    let is_etcd = matches!(settings.backend, Backend::Etcd | Backend::Etcdv3);
+    let is_etcd = settings.backend.is_etcd();
     let mut daemon = Daemon {
         cli,
         telemetry,
-        backend: match settings.backend {
-            Backend::Etcd | Backend::Etcdv3 => "etcd",
-            Backend::File => "file",
-            Backend::Env => "env",
-        },
         index: Index::build(&config.units),
         settings,
         config,
@@ -370,14 +363,18 @@ impl Daemon<'_> {
                     _client: Box::new(etcd),
                     tasks,
                 });
-                self.telemetry.metrics.backend_up(self.backend, true);
                 self.telemetry
                     .metrics
-                    .revision(self.backend, self.store.revision());
+                    .backend_up(self.settings.backend.label(), true);
+                self.telemetry
+                    .metrics
+                    .revision(self.settings.backend.label(), self.store.revision());
                 self.telemetry.health.set_healthy();
             }
             Err(e) => {
-                self.telemetry.metrics.backend_up(self.backend, false);
+                self.telemetry
+                    .metrics
+                    .backend_up(self.settings.backend.label(), false);
                 self.telemetry
                     .health
                     .set_unhealthy(format!("etcd unreachable: {e}"));
@@ -477,8 +474,8 @@ impl Daemon<'_> {
                 }
                 store.set_revision(store.revision().max(revision));
                 let metrics = &self.telemetry.metrics;
-                metrics.events_applied(self.backend, changed.len() as u64);
-                metrics.revision(self.backend, store.revision());
+                metrics.events_applied(self.settings.backend.label(), changed.len() as u64);
+                metrics.revision(self.settings.backend.label(), store.revision());
                 metrics.keys(store.len());
                 let seen = self.revisions.entry(prefix).or_insert(0);
                 *seen = (*seen).max(revision);
@@ -489,8 +486,12 @@ impl Daemon<'_> {
                 reason,
                 compacted,
             } => {
-                self.telemetry.metrics.watch_restart(self.backend);
-                self.telemetry.metrics.backend_up(self.backend, false);
+                self.telemetry
+                    .metrics
+                    .watch_restart(self.settings.backend.label());
+                self.telemetry
+                    .metrics
+                    .backend_up(self.settings.backend.label(), false);
                 self.telemetry
                     .health
                     .set_unhealthy(format!("etcd watch lost: {reason}"));
@@ -516,7 +517,7 @@ impl Daemon<'_> {
         self.synced = true;
         self.telemetry.metrics.keys(self.store.len());
         if !first {
-            self.telemetry.metrics.resync(self.backend);
+            self.telemetry.metrics.resync(self.settings.backend.label());
         }
         if first {
             let now = Instant::now();
@@ -544,7 +545,9 @@ impl Daemon<'_> {
         };
         self.apply_snapshot(&["/".to_string()], fresh);
         self.telemetry.health.set_healthy();
-        self.telemetry.metrics.backend_up(self.backend, true);
+        self.telemetry
+            .metrics
+            .backend_up(self.settings.backend.label(), true);
     }
 
     /// Schedules every unit that reads one of `keys`.
