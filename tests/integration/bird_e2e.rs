@@ -311,6 +311,26 @@ fn a_peer_put_in_etcd_appears_in_bird_and_a_deleted_one_disappears_via_the_contr
 }
 
 #[test]
+fn configure_soft_and_configure_file_over_the_socket_reconfigure_bird_too() {
+    for mode in ["soft", "file"] {
+        let settings = format!("{RELOAD_BY_SOCKET}\nbird_configure = \"{mode}\"");
+        let f = Fabric::with_peers(
+            &[("/bgp/peers/p1", "127.0.0.2")],
+            CHECKED_NAME,
+            CHECKED_NEIGHBOR,
+            &settings,
+        );
+
+        f.etcd.put("/bgp/peers/p2", "127.0.0.3");
+
+        f.wait_for_protocols(&["p1", "p2"]);
+        f.wait_for_log_count("bird reconfigured", 1);
+        f.bird
+            .wait_for("one reconfiguration", |b| b.reconfigurations() == 1);
+    }
+}
+
+#[test]
 fn a_sighup_to_the_pid_in_birds_pid_file_makes_bird_read_the_new_peer() {
     let f = Fabric::with_peers(
         &[("/bgp/peers/p1", "127.0.0.2")],
