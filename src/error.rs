@@ -9,9 +9,9 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-use crate::bird::BirdError;
 use crate::command::CommandError;
-use crate::process::ProcessError;
+use crate::reload::bird::BirdError;
+use crate::reload::process::ProcessError;
 
 /// A problem with the configuration or the backend found before rendering.
 #[derive(Debug, Error)]

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::duration::{parse_duration, Wait};
 use crate::error::ConfigError;
-use crate::process;
+use crate::reload::process;
 use crate::store::{glob_base, is_under, join_keys};
 
 const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(30);

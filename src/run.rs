@@ -2,77 +2,20 @@
 //! configuration, connects the source and drives the pipeline.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
-
+use crate::audit;
 use crate::cli::{Cli, Command};
+use crate::config::Config;
 use crate::error::ConfigError;
-use crate::metrics::{self, Health, Metrics};
-use crate::notify_systemd::Systemd;
 use crate::pipeline::Pipeline;
-use crate::render::Renderer;
-use crate::resource::{self, Layout, Unit};
+use crate::resource::Unit;
 use crate::settings::{Mode, Settings};
 use crate::source::Source;
-use crate::stage;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::Telemetry;
 use crate::watch;
-
-/// How a run ended, when it ended without a configuration error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunStatus {
-    Success,
-    /// At least one unit or reload failed (exit 1).
-    Failed,
-}
-
-/// The loaded configuration: every unit and the compiled templates.
-pub struct Config {
-    pub units: Vec<Unit>,
-    pub renderer: Renderer,
-}
-
-impl Config {
-    pub fn load(settings: &Settings) -> Result<Config, ConfigError> {
-        let layout = Layout {
-            confdir: &settings.confdir,
-            prefix: &settings.prefix,
-        };
-        let units = resource::load_all(&layout)?;
-        let renderer = Renderer::load(&layout.templates_dir(), &units)?;
-        Ok(Config { units, renderer })
-    }
-
-    /// Every prefix any unit reads.
-    pub fn prefixes(&self) -> Vec<String> {
-        let mut prefixes: Vec<String> = self
-            .units
-            .iter()
-            .flat_map(|u| u.prefixes().map(str::to_string))
-            .collect();
-        prefixes.sort();
-        prefixes.dedup();
-        prefixes
-    }
-
-    /// Removes staging directories that a crashed run left beside the
-    /// destinations.
-    pub fn remove_stale_stages(&self) {
-        for unit in &self.units {
-            let mut dirs: Vec<PathBuf> = unit
-                .templates
-                .iter()
-                .map(|t| stage::parent_of(&t.dest))
-                .collect();
-            dirs.sort();
-            dirs.dedup();
-            for dir in dirs {
-                stage::remove_stale(&dir, &unit.name);
-            }
-        }
-    }
-}
+use crate::RunStatus;
 
 /// Runs confera until done (`--onetime`, `check`) or until `shutdown`
 /// completes.
@@ -86,7 +29,7 @@ pub async fn run(
 ) -> Result<RunStatus, ConfigError> {
     let config = Config::load(&settings)?;
     if let Some(Command::Check) = cli.command {
-        return Ok(check_confdir(&config));
+        return Ok(audit::audit(&config));
     }
     // Completions and the man page are printed by the binary before settings load.
     if settings.mode == Mode::Onetime {
@@ -99,56 +42,6 @@ pub async fn run(
     };
     telemetry.stop().await;
     status
-}
-
-/// What a long-running confera reports: metrics, health, systemd readiness.
-pub struct Telemetry {
-    pub metrics: Metrics,
-    pub health: Health,
-    pub systemd: Systemd,
-    server: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
-}
-
-impl Telemetry {
-    /// Starts the metrics and health server when `--metrics-addr` is set.
-    pub async fn start(settings: &Settings) -> Result<Telemetry, ConfigError> {
-        let metrics = Metrics::new();
-        let health = Health::default();
-        let server = match settings.metrics_addr {
-            Some(addr) => {
-                let token = CancellationToken::new();
-                let (_bound, task) =
-                    metrics::serve(addr, metrics.clone(), health.clone(), token.clone())
-                        .await
-                        .map_err(|e| ConfigError::Settings(e.to_string()))?;
-                Some((token, task))
-            }
-            None => None,
-        };
-        Ok(Telemetry {
-            metrics,
-            health,
-            systemd: Systemd::from_env(),
-            server,
-        })
-    }
-
-    /// The first full render is in place: ready for readiness probes and systemd.
-    pub fn ready(&self) {
-        if !self.health.ready() {
-            self.health.set_ready();
-            self.systemd.ready();
-            tracing::info!("ready: first full render committed");
-        }
-    }
-
-    async fn stop(self) {
-        self.systemd.stopping();
-        if let Some((token, task)) = self.server {
-            token.cancel();
-            let _ = task.await;
-        }
-    }
 }
 
 async fn onetime(
@@ -219,32 +112,6 @@ async fn poll(
             _ = &mut shutdown => return Ok(RunStatus::Success),
         }
     }
-}
-
-/// `confera check`: everything parsed and compiled; list what each unit reads.
-fn check_confdir(config: &Config) -> RunStatus {
-    for unit in &config.units {
-        for t in &unit.templates {
-            let keys: Vec<String> = t
-                .keys
-                .iter()
-                .map(|k| crate::store::relative_key(&t.prefix, k))
-                .collect();
-            println!(
-                "{}: {} -> {} (prefix {}, keys {})",
-                unit.name,
-                t.src,
-                t.dest.display(),
-                t.prefix,
-                if keys.is_empty() {
-                    "none".to_string()
-                } else {
-                    keys.join(", ")
-                }
-            );
-        }
-    }
-    RunStatus::Success
 }
 
 /// A future that completes on SIGTERM or SIGINT. The handlers are

@@ -125,7 +125,7 @@ impl FileSettings {
                 path: path.clone(),
                 message: e.to_string().trim_end().to_string(),
             })?;
-        settings.resolve_paths(&crate::stage::parent_of(&path));
+        settings.resolve_paths(&crate::pipeline::stage::parent_of(&path));
         Ok(settings)
     }
 

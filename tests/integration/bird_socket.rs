@@ -1,10 +1,10 @@
-//! Verified BIRD reload: `confera::bird` speaks BIRD's control protocol to a
+//! Verified BIRD reload: `confera::reload::bird` speaks BIRD's control protocol to a
 //! real BIRD 2 and reports what BIRD answered.
 
 use std::fs;
 use std::time::Duration;
 
-use confera::bird::{command, configure, BirdError, Configure, Outcome};
+use confera::reload::bird::{command, configure, BirdError, Configure, Outcome};
 
 use crate::support::bird::Bird;
 

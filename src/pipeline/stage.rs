@@ -12,8 +12,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::compare::FileState;
 use crate::error::UnitError;
+use crate::pipeline::compare::FileState;
 
 /// One staged member of a unit.
 #[derive(Debug)]

@@ -1,11 +1,11 @@
 //! Check: validate a staged unit with the daemon's own checker before it may
 //! reach the destinations. A failing check means nothing is committed.
 
-use crate::bird::{self, Configure};
 use crate::command;
 use crate::error::CheckFailure;
+use crate::pipeline::stage::Stage;
+use crate::reload::bird::{self, Configure};
 use crate::resource::Unit;
-use crate::stage::Stage;
 
 /// Runs the unit's `check_cmd` with `{{src}}` set to the staged first
 /// template, then, with `bird_check`, BIRD's own parser in the running

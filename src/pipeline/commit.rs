@@ -11,7 +11,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::error::UnitError;
-use crate::stage::{parent_of, set_owner_and_mode, StagedFile};
+use crate::pipeline::stage::{parent_of, set_owner_and_mode, StagedFile};
 
 /// How a file reached its destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,8 +69,8 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::FileState;
-    use crate::stage::Stage;
+    use crate::pipeline::compare::FileState;
+    use crate::pipeline::stage::Stage;
 
     #[test]
     fn a_commit_replaces_the_destination_with_the_staged_file() {

@@ -109,7 +109,7 @@ pub fn resolve_dest(dest: &Path) -> io::Result<PathBuf> {
                 path = if target.is_absolute() {
                     target
                 } else {
-                    crate::stage::parent_of(&path).join(target)
+                    crate::pipeline::stage::parent_of(&path).join(target)
                 };
             }
             _ => return Ok(path),

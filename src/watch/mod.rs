@@ -8,6 +8,8 @@
 //! a failure of any stage keeps the last good files and is retried with
 //! backoff; shutdown waits for the batch in flight.
 
+pub mod debounce;
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,17 +20,19 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::cli::{Backend, Cli};
-use crate::compare::{self, Fingerprint};
-use crate::debounce::{Backoff, Debouncer};
+use crate::config::Config;
 use crate::error::ConfigError;
+use crate::pipeline::compare::{self, Fingerprint};
 use crate::pipeline::{Attributes, Committed, Outcome, Pipeline};
 use crate::reload;
 use crate::resource::{Drift, Reload, Unit};
-use crate::run::{Config, RunStatus, Telemetry};
 use crate::settings::{Mode, Settings};
 use crate::source::etcd::{merge_prefixes, Change, Etcd, WatchEvent};
 use crate::source::{self, env, file};
 use crate::store::Store;
+use crate::telemetry::Telemetry;
+use crate::watch::debounce::{Backoff, Debouncer};
+use crate::RunStatus;
 
 /// How long to let a burst of editor writes to templates settle.
 const CONFIG_SETTLE: Duration = Duration::from_millis(200);
@@ -793,7 +797,7 @@ impl Daemon<'_> {
             .flat_map(|u| u.templates.iter())
             .map(|t| {
                 let dest = compare::resolve_dest(&t.dest).unwrap_or_else(|_| t.dest.clone());
-                crate::stage::parent_of(&dest)
+                crate::pipeline::stage::parent_of(&dest)
             })
             .collect();
         dirs.sort();
@@ -916,7 +920,10 @@ fn watch_files(
                 }
             })
             .map_err(|e| watch_error(&settings.confdir, e))?;
-        let mut dirs: Vec<PathBuf> = files.iter().map(|f| crate::stage::parent_of(f)).collect();
+        let mut dirs: Vec<PathBuf> = files
+            .iter()
+            .map(|f| crate::pipeline::stage::parent_of(f))
+            .collect();
         dirs.sort();
         dirs.dedup();
         for dir in dirs {

@@ -6,6 +6,11 @@
 //! changed; a failed render or check leaves every destination untouched;
 //! one failing unit never stops the others.
 
+pub mod check;
+pub mod commit;
+pub mod compare;
+pub mod stage;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,16 +18,14 @@ use std::time::Instant;
 
 use tracing::Instrument;
 
-use crate::check;
-use crate::commit;
-use crate::compare::{self, FileState};
 use crate::error::{CheckFailure, ReloadFailure, UnitError};
-use crate::metrics::Metrics;
 use crate::reload;
 use crate::render::{self, KeyRead, Renderer};
 use crate::resource::{Reload, Template, Unit};
-use crate::stage::Stage;
 use crate::store::Store;
+use crate::telemetry::metrics::Metrics;
+use compare::FileState;
+use stage::Stage;
 
 /// What the run is allowed to do.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

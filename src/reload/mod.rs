@@ -3,13 +3,15 @@
 //!
 //! A failed reload is reported and counted; it never stops confera.
 
+pub mod bird;
+pub mod process;
+
 use std::path::Path;
 
-use crate::bird::{self, Configure};
 use crate::command;
 use crate::error::ReloadFailure;
-use crate::process;
 use crate::resource::{BirdConfigure, Reload};
+use bird::Configure;
 
 /// Runs every method that `action` names: BIRD's control socket, a signal
 /// to the daemon, and `reload_cmd`, in that order. `dest` fills in

@@ -1,0 +1,57 @@
+//! The loaded configuration: every resource unit parsed from `conf.d/` and
+//! every template compiled. Loading never touches a backend or a destination.
+
+use std::path::PathBuf;
+
+use crate::error::ConfigError;
+use crate::pipeline::stage;
+use crate::render::Renderer;
+use crate::resource::{self, Layout, Unit};
+use crate::settings::Settings;
+
+/// The loaded configuration: every unit and the compiled templates.
+pub struct Config {
+    pub units: Vec<Unit>,
+    pub renderer: Renderer,
+}
+
+impl Config {
+    pub fn load(settings: &Settings) -> Result<Config, ConfigError> {
+        let layout = Layout {
+            confdir: &settings.confdir,
+            prefix: &settings.prefix,
+        };
+        let units = resource::load_all(&layout)?;
+        let renderer = Renderer::load(&layout.templates_dir(), &units)?;
+        Ok(Config { units, renderer })
+    }
+
+    /// Every prefix any unit reads.
+    pub fn prefixes(&self) -> Vec<String> {
+        let mut prefixes: Vec<String> = self
+            .units
+            .iter()
+            .flat_map(|u| u.prefixes().map(str::to_string))
+            .collect();
+        prefixes.sort();
+        prefixes.dedup();
+        prefixes
+    }
+
+    /// Removes staging directories that a crashed run left beside the
+    /// destinations.
+    pub fn remove_stale_stages(&self) {
+        for unit in &self.units {
+            let mut dirs: Vec<PathBuf> = unit
+                .templates
+                .iter()
+                .map(|t| stage::parent_of(&t.dest))
+                .collect();
+            dirs.sort();
+            dirs.dedup();
+            for dir in dirs {
+                stage::remove_stale(&dir, &unit.name);
+            }
+        }
+    }
+}
