@@ -12,6 +12,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod logging;
+pub mod pattern;
 pub mod pipeline;
 pub mod reload;
 pub mod render;

@@ -53,7 +53,27 @@ pub struct Template {
     pub secrets: Secrets,
     /// Whether the template may read environment variables (`getenv`).
     pub allow_env: bool,
+    /// How every value the template prints is checked.
+    pub output: Output,
 }
+
+/// The output policy of a resource (`output = "bird" | "plain"`): what a
+/// value printed by the template may contain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Output {
+    /// A printed value that could change a BIRD config's structure (control
+    /// characters, `;`, `{`, `}`, `"`, `#`, comment markers, whitespace at
+    /// either end) fails the render, unless it passed a validation filter or
+    /// `raw`. The default for resources that check or reload BIRD.
+    Bird,
+    /// Values are printed as they are. The default for other resources.
+    #[default]
+    Plain,
+}
+
+/// The placeholder Calico writes in `prefix` and `keys` for this node's name.
+pub const NODENAME_PLACEHOLDER: &str = "//NODENAME";
 
 /// Which values of a template are secret: never logged, never shown in a
 /// diff or an error message.
@@ -195,8 +215,20 @@ pub fn load(layout: &Layout, path: &Path) -> Result<Unit, ConfigError> {
     parse(layout, path, &text)
 }
 
-/// Parses the text of a conf.d file named `path`.
+/// Parses the text of a conf.d file named `path`, with `//NODENAME`
+/// resolved from the `NODENAME` environment variable.
 pub fn parse(layout: &Layout, path: &Path, text: &str) -> Result<Unit, ConfigError> {
+    let nodename = std::env::var("NODENAME").ok();
+    parse_with_nodename(layout, path, text, nodename.as_deref())
+}
+
+/// [`parse`] with the node name given (`None` or empty: unset).
+pub fn parse_with_nodename(
+    layout: &Layout,
+    path: &Path,
+    text: &str,
+    nodename: Option<&str>,
+) -> Result<Unit, ConfigError> {
     let syntax = |e: toml::de::Error| ConfigError::Resource {
         path: path.to_path_buf(),
         message: e.to_string().trim_end().to_string(),
@@ -227,7 +259,12 @@ pub fn parse(layout: &Layout, path: &Path, text: &str) -> Result<Unit, ConfigErr
     if raw_templates.is_empty() {
         return Err(ConfigError::field(path, "template", "no templates listed"));
     }
-    let ctx = Ctx { layout, path };
+    let nodename = nodename.filter(|n| !n.is_empty());
+    let ctx = Ctx {
+        layout,
+        path,
+        nodename,
+    };
     let multi = raw_templates.len() > 1;
     let mut shared = shared;
     let mut templates = Vec::with_capacity(raw_templates.len());
@@ -251,6 +288,7 @@ pub fn parse(layout: &Layout, path: &Path, text: &str) -> Result<Unit, ConfigErr
 struct Ctx<'a> {
     layout: &'a Layout<'a>,
     path: &'a Path,
+    nodename: Option<&'a str>,
 }
 
 impl Ctx<'_> {
@@ -272,13 +310,14 @@ impl Ctx<'_> {
         } else {
             self.layout.confdir.join(dest)
         };
-        let prefix = join_keys(&[self.layout.prefix, raw.prefix.as_deref().unwrap_or("")]);
+        let own_prefix = self.with_nodename("prefix", raw.prefix.as_deref().unwrap_or(""))?;
+        let prefix = join_keys(&[self.layout.prefix, &own_prefix]);
         let mut keys: Vec<String> = raw
             .keys
             .unwrap_or_default()
             .iter()
-            .map(|k| join_keys(&[&prefix, k]))
-            .collect();
+            .map(|k| Ok(join_keys(&[&prefix, &self.with_nodename("keys", k)?])))
+            .collect::<Result<_, ConfigError>>()?;
         keys.sort();
         keys.dedup();
         let mode = raw.mode.as_deref().map(parse_mode).transpose();
@@ -309,7 +348,35 @@ impl Ctx<'_> {
             gid,
             secrets: Secrets::default(),
             allow_env: false,
+            output: Output::default(),
         })
+    }
+
+    /// Calico's convention: the first `//NODENAME` in a prefix or key is `/`
+    /// and this node's name, replaced before prefixes are joined.
+    fn with_nodename(&self, field: &str, text: &str) -> Result<String, ConfigError> {
+        if !text.contains(NODENAME_PLACEHOLDER) {
+            return Ok(text.to_string());
+        }
+        let Some(name) = self.nodename else {
+            return Err(self.err(
+                field,
+                format!(
+                    "`{text}` uses {NODENAME_PLACEHOLDER}, but the NODENAME environment variable is unset or empty; set NODENAME to this node's name (as Calico does)"
+                ),
+            ));
+        };
+        // A name is one key segment: a `/` would reach another node's keys.
+        if name.contains('/') || name.chars().any(char::is_control) {
+            return Err(self.err(
+                field,
+                format!(
+                    "`{text}` uses {NODENAME_PLACEHOLDER}, but NODENAME={:?} is not a node name (no `/` or control characters)",
+                    name
+                ),
+            ));
+        }
+        Ok(text.replacen(NODENAME_PLACEHOLDER, &format!("/{name}"), 1))
     }
 
     fn unit(
@@ -320,7 +387,13 @@ impl Ctx<'_> {
     ) -> Result<Unit, ConfigError> {
         let secret_all = shared.secret.unwrap_or(false);
         let allow_env = shared.allow_env.unwrap_or(false);
+        let output = shared.output.unwrap_or(if reloads_bird(&shared) {
+            Output::Bird
+        } else {
+            Output::Plain
+        });
         for t in &mut templates {
+            t.output = output;
             // A set shares its secret keys; each member keeps those it can read.
             let patterns = shared.secret_keys.iter().flatten();
             let patterns = patterns.map(|k| join_keys(&[&t.prefix, k]));
@@ -393,6 +466,22 @@ impl Ctx<'_> {
             bird_check,
         })
     }
+}
+
+/// Whether the resource checks or reloads BIRD: then its output is a BIRD
+/// config, and values printed into it are checked unless it says otherwise.
+fn reloads_bird(shared: &RawShared) -> bool {
+    let runs_bird = |cmd: &Option<String>| {
+        cmd.as_deref().is_some_and(|cmd| {
+            cmd.split(|c: char| c.is_whitespace() || ";&|()`'\"".contains(c))
+                .filter_map(|word| word.rsplit('/').next())
+                .any(|program| matches!(program, "bird" | "bird6" | "birdc" | "birdc6" | "birdcl"))
+        })
+    };
+    shared.bird_socket.is_some()
+        || runs_bird(&shared.check_cmd)
+        || runs_bird(&shared.reload_cmd)
+        || matches!(shared.process_name.as_deref(), Some("bird" | "bird6"))
 }
 
 /// Whether a secret key pattern can match anything under `keys`.
@@ -527,6 +616,7 @@ raw_structs! {
         secret: bool,
         secret_keys: Vec<String>,
         allow_env: bool,
+        output: Output,
     }
     template {
         src: String,
@@ -655,5 +745,118 @@ mod tests {
         assert_eq!(resolve_user("root"), Ok(0));
         assert_eq!(resolve_user("1234"), Ok(1234));
         assert_eq!(resolve_group("root"), Ok(0));
+    }
+
+    fn parse_as(text: &str, nodename: Option<&str>) -> Result<Unit, String> {
+        let layout = Layout {
+            confdir: Path::new("/etc/confera"),
+            prefix: "",
+        };
+        let path = Path::new("/etc/confera/conf.d/calico.toml");
+        parse_with_nodename(&layout, path, text, nodename).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn resources_that_check_or_reload_bird_default_to_the_bird_output_policy() {
+        let head = "[template]\nsrc = \"a\"\ndest = \"/x\"\n";
+        for (settings, want) in [
+            ("", Output::Plain),
+            ("bird_socket = \"/run/bird/bird.ctl\"\n", Output::Bird),
+            ("check_cmd = \"bird -p -c {{src}}\"\n", Output::Bird),
+            (
+                "check_cmd = \"/usr/sbin/bird -p -c {{src}}\"\n",
+                Output::Bird,
+            ),
+            ("reload_cmd = \"birdc configure\"\n", Output::Bird),
+            ("process_name = \"bird\"\n", Output::Bird),
+            ("check_cmd = \"nginx -t -c {{src}}\"\n", Output::Plain),
+            ("check_cmd = \"birdwatcher --check\"\n", Output::Plain),
+            (
+                "bird_socket = \"/b.ctl\"\noutput = \"plain\"\n",
+                Output::Plain,
+            ),
+            ("output = \"bird\"\n", Output::Bird),
+        ] {
+            let unit = parse_as(&format!("{head}{settings}"), None).unwrap();
+            assert_eq!(unit.templates[0].output, want, "{settings}");
+        }
+        let e = parse_as(&format!("{head}output = \"html\"\n"), None).unwrap_err();
+        assert!(e.contains("unknown variant `html`"), "{e}");
+    }
+
+    #[test]
+    fn nodename_in_prefix_and_keys_is_replaced_once_before_joining() {
+        let unit = parse_as(
+            r#"[template]
+src = "bird.cfg.tera"
+dest = "/etc/bird/bird.conf"
+prefix = "/calico/bgp/v1"
+keys = ["/host//NODENAME", "/global", "/x//NODENAME//NODENAME"]
+"#,
+            Some("node-a"),
+        )
+        .unwrap();
+        assert_eq!(
+            unit.templates[0].keys,
+            [
+                "/calico/bgp/v1/global",
+                "/calico/bgp/v1/host/node-a",
+                "/calico/bgp/v1/x/node-a/NODENAME",
+            ]
+        );
+        let unit = parse_as(
+            "[template]\nsrc = \"a\"\ndest = \"/x\"\nprefix = \"/calico/ipam/v2/host//NODENAME\"\nkeys = [\"/ipv4\"]\n",
+            Some("node-b"),
+        )
+        .unwrap();
+        assert_eq!(unit.templates[0].prefix, "/calico/ipam/v2/host/node-b");
+        assert_eq!(unit.templates[0].keys, ["/calico/ipam/v2/host/node-b/ipv4"]);
+    }
+
+    #[test]
+    fn nodename_unset_empty_or_with_a_slash_is_an_error_naming_file_and_field() {
+        let keys = "[template]\nsrc = \"a\"\ndest = \"/x\"\nkeys = [\"/host//NODENAME\"]\n";
+        let prefix = "[template]\nsrc = \"a\"\ndest = \"/x\"\nprefix = \"/h//NODENAME\"\n";
+        for (text, nodename, field, fragment) in [
+            (
+                keys,
+                None,
+                "keys",
+                "NODENAME environment variable is unset or empty",
+            ),
+            (
+                keys,
+                Some(""),
+                "keys",
+                "NODENAME environment variable is unset or empty",
+            ),
+            (
+                prefix,
+                None,
+                "prefix",
+                "NODENAME environment variable is unset or empty",
+            ),
+            (
+                keys,
+                Some("a/b"),
+                "keys",
+                "NODENAME=\"a/b\" is not a node name",
+            ),
+        ] {
+            let e = parse_as(text, nodename).unwrap_err();
+            assert!(
+                e.starts_with(&format!(
+                    "/etc/confera/conf.d/calico.toml: field `{field}`: "
+                )),
+                "{e}"
+            );
+            assert!(e.contains(fragment), "{e}");
+        }
+        // Without the placeholder, NODENAME does not matter.
+        assert!(parse_as(
+            "[template]\nsrc = \"a\"\ndest = \"/x\"\nkeys = [\"/h\"]\n",
+            None
+        )
+        .is_ok());
     }
 }

@@ -122,13 +122,12 @@ impl Store {
         changed
     }
 
-    /// Entries whose key matches `pattern`, where `*` matches within one path
-    /// segment and never crosses `/`. Sorted by key.
+    /// Entries whose key matches `pattern` (Go's `path.Match`, see
+    /// [`crate::pattern`]: `*` and `?` never cross `/`). Sorted by key.
     pub fn glob<'a>(&'a self, pattern: &str) -> Vec<(&'a str, &'a str)> {
         let pattern = normalize_key(pattern);
-        let literal_end = pattern.find('*').unwrap_or(pattern.len());
         // Scan only the part of the map that shares the literal prefix.
-        let literal = &pattern[..literal_end];
+        let literal = crate::pattern::literal_prefix(&pattern);
         self.entries
             .range::<str, _>((Bound::Included(literal), Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(literal))
@@ -210,10 +209,10 @@ pub fn is_under(key: &str, prefix: &str) -> bool {
 }
 
 /// The directory a glob pattern searches: the path up to the `/` before its
-/// first `*` (`/peers/*/asn` → `/peers`); for a pattern without `*`, its
-/// parent.
+/// first metacharacter (`/peers/*/asn` → `/peers`); for a pattern without
+/// one, its parent.
 pub fn glob_base(pattern: &str) -> &str {
-    let literal = pattern.split('*').next().unwrap_or("");
+    let literal = crate::pattern::literal_prefix(pattern);
     match literal.rfind('/') {
         Some(i) => &literal[..i.max(1)],
         None => "/",
@@ -230,38 +229,10 @@ pub fn relative_key(prefix: &str, key: &str) -> String {
     normalize_key(&key[prefix.len()..])
 }
 
-/// Matches a normalised key against a pattern in which `*` matches any run of
-/// characters other than `/`.
+/// Matches a normalised key against a pattern, as Go's `path.Match` (see
+/// [`crate::pattern`]).
 pub fn glob_match(pattern: &str, key: &str) -> bool {
-    let pattern_segments: Vec<&str> = pattern.split('/').collect();
-    let key_segments: Vec<&str> = key.split('/').collect();
-    pattern_segments.len() == key_segments.len()
-        && pattern_segments
-            .iter()
-            .zip(&key_segments)
-            .all(|(p, k)| segment_match(p.as_bytes(), k.as_bytes()))
-}
-
-/// Wildcard match of one segment, iterative with single backtracking point.
-fn segment_match(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && pattern[p] == b'*' {
-            star = Some((p, t));
-            p += 1;
-        } else if p < pattern.len() && pattern[p] == text[t] {
-            p += 1;
-            t += 1;
-        } else if let Some((sp, st)) = star {
-            p = sp + 1;
-            t = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
+    crate::pattern::matches(pattern, key)
 }
 
 #[cfg(test)]

@@ -4,9 +4,11 @@
 //! `asn`, `port`, `uint`, `bird_ident`, `bird_string`).
 //!
 //! Filters are pure functions of their input: they never touch the filesystem and
-//! never run commands. No filter marks its output safe. Validation errors name the
-//! offending value, except where it may be a secret (`bird_string`, `json`,
-//! `base64_decode`), where they name the position of the problem instead.
+//! never run commands. Only the validation filters (and `hash_to_ipv4`, whose
+//! output is an address) mark their output safe for the `bird` output policy;
+//! `raw` marks anything. Validation errors name the offending value, except where
+//! it may be a secret (`bird_string`, `json`, `base64_decode`), where they name the
+//! position of the problem instead.
 
 use std::borrow::Cow;
 use std::fmt::Display;
@@ -16,7 +18,8 @@ use std::str::FromStr;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use tera::{Error, Kwargs, State, Tera, TeraResult, Value};
+use sha2::{Digest, Sha256};
+use tera::{Error, ErrorKind, Kwargs, State, Tera, TeraResult, Value};
 
 /// Registers confera's filters on a Tera instance.
 pub fn register(tera: &mut Tera) {
@@ -35,6 +38,21 @@ pub fn register(tera: &mut Tera) {
     tera.register_filter("uint", uint);
     tera.register_filter("bird_ident", bird_ident);
     tera.register_filter("bird_string", bird_string);
+    tera.register_filter("hash_to_ipv4", hash_to_ipv4);
+    tera.register_filter("raw", super::output::raw);
+}
+
+/// Calico's `hashToIPv4`: the first four bytes of the SHA-256 of `name`, as a
+/// dotted IPv4 address (a router id derived from the node name).
+pub(crate) fn hash_to_ipv4_text(name: &str) -> String {
+    let digest = Sha256::digest(name.as_bytes());
+    Ipv4Addr::new(digest[0], digest[1], digest[2], digest[3]).to_string()
+}
+
+/// `hash_to_ipv4`: the filter form of `hashToIPv4(name=...)`.
+fn hash_to_ipv4(value: &Value, _: Kwargs, _: &State) -> TeraResult<Value> {
+    let name = scalar_text(value, "a node name")?;
+    Ok(Value::safe_string(&hash_to_ipv4_text(&name)))
 }
 
 // --- confd-style helpers ---------------------------------------------------
@@ -129,30 +147,30 @@ fn sort_by_length(items: &[Value], _: Kwargs, _: &State) -> TeraResult<Vec<Value
 // --- validation filters ------------------------------------------------------
 
 /// `ipv4`: an IPv4 address in dotted-quad form (no leading zeros).
-fn ipv4(value: &Value, _: Kwargs, _: &State) -> TeraResult<String> {
+fn ipv4(value: &Value, _: Kwargs, _: &State) -> TeraResult<Value> {
     address::<Ipv4Addr>(value, "an IPv4 address")
 }
 
 /// `ipv6`: an IPv6 address, normalised to its canonical text (RFC 5952).
-fn ipv6(value: &Value, _: Kwargs, _: &State) -> TeraResult<String> {
+fn ipv6(value: &Value, _: Kwargs, _: &State) -> TeraResult<Value> {
     address::<Ipv6Addr>(value, "an IPv6 address")
 }
 
 /// `ip`: an IPv4 or IPv6 address, normalised to its canonical text.
-fn ip(value: &Value, _: Kwargs, _: &State) -> TeraResult<String> {
+fn ip(value: &Value, _: Kwargs, _: &State) -> TeraResult<Value> {
     address::<IpAddr>(value, "an IP address")
 }
 
-fn address<A: FromStr + Display>(value: &Value, expected: &str) -> TeraResult<String> {
+fn address<A: FromStr + Display>(value: &Value, expected: &str) -> TeraResult<Value> {
     let text = token(value, expected)?;
     text.parse::<A>()
-        .map(|addr| addr.to_string())
+        .map(|addr| Value::safe_string(&addr.to_string()))
         .map_err(|_| rejected(value, expected, None))
 }
 
 /// `cidr(family=4|6)`: a network prefix `ADDRESS/LENGTH` without host bits set
 /// (BIRD refuses `10.0.0.1/24`), normalised to canonical text.
-fn cidr(value: &Value, kwargs: Kwargs, _: &State) -> TeraResult<String> {
+fn cidr(value: &Value, kwargs: Kwargs, _: &State) -> TeraResult<Value> {
     let family = kwargs.get::<u8>("family")?;
     let expected = match family {
         None => "an IP prefix (like 10.0.0.0/24 or fd00::/64)",
@@ -173,7 +191,7 @@ fn cidr(value: &Value, kwargs: Kwargs, _: &State) -> TeraResult<String> {
         let reason = format!("host bits are set (did you mean {net}/{len}?)");
         return Err(rejected(value, expected, Some(&reason)));
     }
-    Ok(format!("{addr}/{len}"))
+    Ok(Value::safe_string(&format!("{addr}/{len}")))
 }
 
 fn parse_prefix(text: &str) -> Option<(IpAddr, u8)> {
@@ -263,12 +281,12 @@ fn parse_decimal(text: &str) -> Option<u64> {
 
 /// `bird_ident`: a name BIRD 2 reads as a symbol, for protocols, filters,
 /// tables, templates, constants and the like.
-fn bird_ident(value: &Value, _: Kwargs, _: &State) -> TeraResult<String> {
+fn bird_ident(value: &Value, _: Kwargs, _: &State) -> TeraResult<Value> {
     const EXPECTED: &str = "a BIRD symbol name";
     let name = token(value, EXPECTED)?;
     match bird_symbol_problem(&name) {
         Some(problem) => Err(rejected(value, EXPECTED, Some(problem))),
-        None => Ok(name.into_owned()),
+        None => Ok(Value::safe_string(&name)),
     }
 }
 
@@ -314,7 +332,7 @@ fn is_bird_reserved(name: &str) -> bool {
 /// escaped. Backslashes are harmless to 2.0.12 but are refused so the literal
 /// means the same to any BIRD that does read escapes. The error names the
 /// character and its position but not the value, which may be a password.
-fn bird_string(value: &Value, _: Kwargs, _: &State) -> TeraResult<String> {
+fn bird_string(value: &Value, _: Kwargs, _: &State) -> TeraResult<Value> {
     let text = scalar_text(value, "a BIRD string")?;
     let refused = text
         .chars()
@@ -330,7 +348,7 @@ fn bird_string(value: &Value, _: Kwargs, _: &State) -> TeraResult<String> {
                 index + 1
             ))
         }),
-        None => Ok(format!("\"{text}\"")),
+        None => Ok(Value::safe_string(&format!("\"{text}\""))),
     }
 }
 
@@ -363,6 +381,13 @@ fn scalar_text<'v>(value: &'v Value, expected: &str) -> TeraResult<Cow<'v, str>>
         Ok(Cow::Borrowed(text))
     } else if value.as_i128().is_some() || value.as_u128().is_some() {
         Ok(Cow::Owned(value.to_string()))
+    } else if value.is_undefined() {
+        // This kind makes Tera point at the variable, so the render error
+        // can say which one is not defined.
+        Err(Error::new(ErrorKind::InvalidArgument {
+            expected_type: format!("{expected} as a string or an integer"),
+            actual_type: "undefined".to_string(),
+        }))
     } else {
         Err(Error::message(format!(
             "expected {expected} as a string or an integer, got {}",
@@ -889,18 +914,50 @@ mod tests {
     // safety
 
     #[test]
-    fn no_filter_output_is_marked_safe() {
+    fn only_validation_filters_and_raw_mark_their_output_safe() {
         let mut tera = Tera::new();
         register(&mut tera);
         tera.autoescape_on([".html"]);
         tera.add_raw_template(
             "t.html",
-            "{{ v | bird_string }} {{ v | base }} {{ v | base64_encode | base64_decode }}",
+            "{{ v | bird_string }} {{ v | base }} {{ v | base64_encode | base64_decode }} {{ v | raw }}",
         )
         .unwrap();
         let mut context = Context::new();
         context.insert("v", "a&b");
         let out = tera.render("t.html", &context).unwrap();
-        assert_eq!(out, "&quot;a&amp;b&quot; a&amp;b a&amp;b");
+        assert_eq!(out, "\"a&b\" a&amp;b a&amp;b a&b");
+    }
+
+    // hash_to_ipv4
+
+    #[test]
+    fn hash_to_ipv4_is_the_first_four_bytes_of_sha256() {
+        // sha256("") = e3b0c442..., sha256("abc") = ba7816bf...
+        assert_eq!(hash_to_ipv4_text(""), "227.176.196.66");
+        assert_eq!(hash_to_ipv4_text("abc"), "186.120.22.191");
+        assert_eq!(apply("hash_to_ipv4", "node-a").unwrap(), "102.87.15.240");
+        assert_eq!(
+            apply("hash_to_ipv4", "kube-node-1").unwrap(),
+            "34.92.252.97"
+        );
+    }
+
+    #[test]
+    fn an_undefined_input_is_reported_at_the_variable() {
+        let mut tera = Tera::new();
+        register(&mut tera);
+        tera.add_raw_template("t", "{{ nme | bird_ident }}")
+            .unwrap();
+        let err = tera.render("t", &Context::new()).unwrap_err();
+        let ErrorKind::RenderingError(report) = err.kind() else {
+            panic!("{err}");
+        };
+        assert_eq!(report.span().range, 3..6, "the span covers `nme`");
+        assert!(
+            report.message().contains("but got `undefined`"),
+            "{}",
+            report.message()
+        );
     }
 }

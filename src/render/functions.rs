@@ -1,16 +1,20 @@
 //! The confd-style template functions (`getv`, `get`, `gets`, `getvs`,
-//! `exists`, `ls`, `lsdir`).
+//! `exists`, `ls`, `lsdir`, `getenv`) and Calico's `hashToIPv4`, plus Go's
+//! `printf`.
 //!
 //! Tera functions are registered once per engine, but each render reads its
 //! own store snapshot and may only see its own keys, so a render publishes
 //! that scope in a thread-local for the duration of the (synchronous) render.
+//! Functions never read outside the resource's keys.
 
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use tera::{Kwargs, Map, State, Tera, TeraResult, Value};
 
-use crate::resource::Template;
+use crate::resource::{Output, Template};
 use crate::store::{glob_base, is_under, join_keys, normalize_key, relative_key, Store};
 
 /// A key a template read, relative to the resource's prefix, with its value.
@@ -22,12 +26,25 @@ pub struct KeyRead {
     pub value: String,
 }
 
+/// Text a template got from somewhere other than a key's value (a name
+/// `ls` listed, an environment variable), so that a refused printed value
+/// can say where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Origin {
+    /// "key `/nodes/x`", "environment variable `NODENAME`".
+    pub what: String,
+    pub text: String,
+}
+
 struct ScopeData {
     store: Arc<Store>,
     prefix: String,
     keys: Vec<String>,
     allow_env: bool,
+    output: Output,
+    dest: PathBuf,
     reads: Vec<KeyRead>,
+    origins: Vec<Origin>,
 }
 
 thread_local! {
@@ -46,16 +63,30 @@ impl Scope {
                 prefix: template.prefix.clone(),
                 keys: template.keys.clone(),
                 allow_env: template.allow_env,
+                output: template.output,
+                dest: template.dest.clone(),
                 reads: Vec::new(),
+                origins: Vec::new(),
             })
         });
         Scope(())
     }
 
-    /// Ends the scope and returns the keys read.
-    pub(super) fn finish(self) -> Vec<KeyRead> {
-        SCOPE.with(|s| s.borrow_mut().take().map(|d| d.reads).unwrap_or_default())
+    /// Ends the scope and returns the keys read and the other texts the
+    /// template got.
+    pub(super) fn finish(self) -> (Vec<KeyRead>, Vec<Origin>) {
+        SCOPE.with(|s| {
+            s.borrow_mut()
+                .take()
+                .map(|d| (d.reads, d.origins))
+                .unwrap_or_default()
+        })
     }
+}
+
+/// The output policy of the render in progress on this thread.
+pub(super) fn output_policy() -> Option<Output> {
+    SCOPE.with(|s| s.try_borrow().ok()?.as_ref().map(|d| d.output))
 }
 
 impl Drop for Scope {
@@ -108,12 +139,16 @@ impl ScopeData {
     }
 
     fn outside(&self, key: &str) -> tera::Error {
-        let keys: Vec<String> = self.keys.iter().map(|k| self.relative(k)).collect();
         tera::Error::message(format!(
             "key `{}` is not under this resource's keys [{}]; add it to `keys` in the resource file",
             normalize_key(key),
-            keys.join(", ")
+            self.keys_shown()
         ))
+    }
+
+    fn keys_shown(&self) -> String {
+        let keys: Vec<String> = self.keys.iter().map(|k| self.relative(k)).collect();
+        keys.join(", ")
     }
 
     fn record(&mut self, absolute: &str, value: &str) {
@@ -134,6 +169,7 @@ impl ScopeData {
     }
 
     fn glob(&mut self, pattern: &str) -> TeraResult<Vec<(String, String)>> {
+        crate::pattern::validate(pattern).map_err(tera::Error::message)?;
         // The directory the pattern searches decides the scope check.
         self.check_path(glob_base(pattern))?;
         let absolute = self.absolute(pattern);
@@ -154,7 +190,7 @@ impl ScopeData {
         } else {
             absolute.clone()
         };
-        Ok(store
+        let names: Vec<String> = store
             .children(&absolute)
             .into_iter()
             .filter(|(_, is_dir)| !dirs_only || *is_dir)
@@ -165,7 +201,15 @@ impl ScopeData {
                 let child = format!("{base}/{name}");
                 self.in_scope(&child) || self.keys.iter().any(|k| is_under(k, &child))
             })
-            .collect())
+            .collect();
+        for name in &names {
+            let child = self.relative(&format!("{base}/{name}"));
+            self.origins.push(Origin {
+                what: format!("key `{}`", child.escape_debug()),
+                text: name.clone(),
+            });
+        }
+        Ok(names)
     }
 }
 
@@ -177,7 +221,20 @@ fn getv(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
     let key = key_arg(&kwargs, "key")?;
     let default = kwargs.get::<&str>("default")?.map(str::to_string);
     with_scope(|scope| {
-        let absolute = scope.check_key(&key)?;
+        let absolute = match (scope.check_key(&key), &default) {
+            (Ok(absolute), _) => absolute,
+            // confd returned the default here, hiding a key that could never
+            // be read: say so, and how to read it.
+            (Err(_), Some(_)) => {
+                return Err(tera::Error::message(format!(
+                    "key `{}` is not under this resource's keys [{}], so getv would always return its default; add `{}` (or a prefix of it) to `keys` in the resource file, or drop the getv if the default is what you want",
+                    normalize_key(&key),
+                    scope.keys_shown(),
+                    normalize_key(&key)
+                )))
+            }
+            (Err(e), None) => return Err(e),
+        };
         match scope.store.clone().get(&absolute) {
             Some(value) => {
                 scope.record(&absolute, value);
@@ -202,11 +259,33 @@ fn get(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
     })
 }
 
+/// Resources and keys already warned about by `exists`, so that watch mode
+/// does not repeat the warning on every render.
+static WARNED: Mutex<Option<HashSet<(PathBuf, String)>>> = Mutex::new(None);
+
 fn exists(kwargs: Kwargs, _: &State) -> TeraResult<bool> {
     let key = key_arg(&kwargs, "key")?;
     with_scope(|scope| {
-        let absolute = scope.check_key(&key)?;
-        Ok(scope.store.get(&absolute).is_some())
+        match scope.check_key(&key) {
+            Ok(absolute) => Ok(scope.store.get(&absolute).is_some()),
+            // As in confd: nothing outside the keys is in the view.
+            Err(_) => {
+                let key = normalize_key(&key);
+                let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+                if warned
+                    .get_or_insert_with(HashSet::new)
+                    .insert((scope.dest.clone(), key.clone()))
+                {
+                    tracing::warn!(
+                        key = %key.escape_debug(),
+                        dest = %scope.dest.display(),
+                        keys = %scope.keys_shown(),
+                        "exists() on a key outside the resource's keys is always false; add the key to `keys` in the resource file"
+                    );
+                }
+                Ok(false)
+            }
+        }
     })
 }
 
@@ -255,15 +334,29 @@ fn getenv(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
                 "getenv is disabled: set allow_env = true in the resource to read environment variables",
             ));
         }
-        match std::env::var(&name) {
-            Ok(value) => Ok(Value::from(value)),
-            Err(_) => default.map(Value::from).ok_or_else(|| {
-                tera::Error::message(format!(
-                    "environment variable `{name}` is not set and getenv has no default"
-                ))
-            }),
+        // As in confd, a variable that is set but empty gives the default.
+        match (std::env::var(&name), default) {
+            (Ok(value), Some(default)) if value.is_empty() => Ok(Value::from(default)),
+            (Ok(value), _) => {
+                scope.origins.push(Origin {
+                    what: format!("environment variable `{name}`"),
+                    text: value.clone(),
+                });
+                Ok(Value::from(value))
+            }
+            (Err(_), Some(default)) => Ok(Value::from(default)),
+            (Err(_), None) => Err(tera::Error::message(format!(
+                "environment variable `{name}` is not set and getenv has no default"
+            ))),
         }
     })
+}
+
+/// `hashToIPv4(name="node-a")`: Calico's router id, the first four bytes of
+/// the SHA-256 of `name` as a dotted IPv4 address.
+fn hash_to_ipv4(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
+    let name = kwargs.must_get::<&str>("name")?;
+    Ok(Value::safe_string(&super::filters::hash_to_ipv4_text(name)))
 }
 
 fn missing(key: &str) -> tera::Error {
@@ -283,4 +376,6 @@ pub(super) fn register(tera: &mut Tera) {
     tera.register_function("ls", ls);
     tera.register_function("lsdir", lsdir);
     tera.register_function("getenv", getenv);
+    tera.register_function("hashToIPv4", hash_to_ipv4);
+    tera.register_function("printf", super::printf::printf);
 }

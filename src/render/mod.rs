@@ -1,4 +1,5 @@
-//! Rendering: Tera templates over a store snapshot.
+//! Rendering: Tera templates over a store snapshot, with the resource's
+//! output policy applied to every printed value.
 //!
 //! Render never touches the filesystem after loading the templates, never
 //! runs a command, and never reads a key outside the resource's `keys`.
@@ -6,9 +7,13 @@
 
 pub mod filters;
 mod functions;
+mod output;
+mod printf;
+mod syntax;
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tera::{Context, ErrorKind, Tera};
 
@@ -22,6 +27,28 @@ pub use functions::KeyRead;
 /// Compiling once and rendering many times keeps a render cheap.
 pub struct Renderer {
     tera: Tera,
+    /// Every template's name and source, for messages and the traced engine.
+    sources: Vec<(String, String)>,
+    /// The same templates with print markers, built when a printed value is
+    /// first refused, to find the line that printed it.
+    traced: OnceLock<Option<Tera>>,
+}
+
+/// The name of the marker function of the traced engine.
+const PRINT_MARKER: &str = "__confera_print_at";
+
+/// A Tera engine with confera's functions and filters, and the output
+/// policy as its escape function.
+fn engine() -> Tera {
+    let mut tera = Tera::new();
+    // Config files are not HTML: "escaping" is the render's output policy,
+    // applied to every printed value that no validation filter marked safe.
+    tera.autoescape_on([""]);
+    tera.set_escape_fn(output::escape);
+    filters::register(&mut tera);
+    functions::register(&mut tera);
+    output::register(&mut tera);
+    tera
 }
 
 /// The output of one render and the keys it read, in order of reading.
@@ -37,19 +64,15 @@ impl Renderer {
     pub fn load(dir: &Path, units: &[Unit]) -> Result<Renderer, ConfigError> {
         let mut files = Vec::new();
         collect_files(dir, dir, &mut files)?;
-        let mut tera = Tera::new();
-        // Config files are not HTML: never escape.
-        tera.autoescape_on(Vec::<&str>::new());
-        filters::register(&mut tera);
-        functions::register(&mut tera);
+        let mut tera = engine();
         let mut sources = Vec::with_capacity(files.len());
         for (name, path) in files {
             let text = std::fs::read_to_string(&path)
                 .map_err(|source| ConfigError::Io { path, source })?;
             sources.push((name, text));
         }
-        tera.add_raw_templates(sources)
-            .map_err(|e| template_config_error(e, "templates"))?;
+        tera.add_raw_templates(sources.clone())
+            .map_err(|e| template_config_error(e, "templates", &sources))?;
         for unit in units {
             for t in &unit.templates {
                 if !tera.contains_template(&t.src) {
@@ -61,20 +84,96 @@ impl Renderer {
                 }
             }
         }
-        Ok(Renderer { tera })
+        Ok(Renderer {
+            tera,
+            sources,
+            traced: OnceLock::new(),
+        })
     }
 
-    /// Renders one template against `store`, strictly: a missing key or one
-    /// outside the template's keys fails the render.
+    /// Renders one template against `store`, strictly: a missing key, one
+    /// outside the template's keys, or a printed value the output policy
+    /// refuses fails the render.
     pub fn render(&self, template: &Template, store: &Arc<Store>) -> Result<Rendered, UnitError> {
         filters::take_rejected();
+        output::take_refusal();
         let guard = functions::Scope::enter(store.clone(), template);
         let result = self.tera.render(&template.src, &Context::new());
-        let reads = guard.finish();
+        let (reads, origins) = guard.finish();
         match result {
             Ok(text) => Ok(Rendered { text, reads }),
-            Err(e) => Err(render_error(e, template, &reads)),
+            Err(e) => Err(self.render_error(e, template, store, &reads, &origins)),
         }
+    }
+
+    fn render_error(
+        &self,
+        e: tera::Error,
+        t: &Template,
+        store: &Arc<Store>,
+        reads: &[KeyRead],
+        origins: &[functions::Origin],
+    ) -> UnitError {
+        let refusal = output::take_refusal();
+        let rejected = filters::take_rejected();
+        let mut at = locate(&e, &t.src);
+        let message = match refusal {
+            Some(refusal) => {
+                // The escape function has no position; a traced render has.
+                if at.line.is_none() {
+                    if let Some((template, line)) = self.trace_print(t, store) {
+                        at.template = template;
+                        at.line = Some(line);
+                    }
+                }
+                output::refusal_message(&refusal, reads, origins)
+            }
+            None => {
+                let mut message = explain(&at, &self.sources);
+                // A validation filter refused a value; name the key it came from.
+                if let Some(value) = rejected {
+                    if let Some(read) = reads.iter().rev().find(|r| r.value == value) {
+                        message.push_str(&format!(" (value of key `{}`)", read.key));
+                    }
+                }
+                message
+            }
+        };
+        UnitError::Render {
+            template: at.template,
+            line: at.line,
+            message: redact(&message, t, reads),
+        }
+    }
+
+    /// Renders `t` again with print markers and returns the template and
+    /// line of the print that was refused.
+    fn trace_print(&self, t: &Template, store: &Arc<Store>) -> Option<(String, usize)> {
+        let traced = self.traced.get_or_init(|| self.traced_engine()).as_ref()?;
+        output::take_last_print();
+        let guard = functions::Scope::enter(store.clone(), t);
+        let result = traced.render(&t.src, &Context::new());
+        drop(guard);
+        let refused = output::take_refusal().is_some();
+        let last = output::take_last_print();
+        filters::take_rejected();
+        if result.is_ok() || !refused {
+            return None;
+        }
+        let (index, line) = last?;
+        Some((self.sources.get(index)?.0.clone(), line))
+    }
+
+    fn traced_engine(&self) -> Option<Tera> {
+        let mut tera = engine();
+        tera.register_function(PRINT_MARKER, output::print_at);
+        let marked = self
+            .sources
+            .iter()
+            .enumerate()
+            .map(|(i, (name, text))| (name, syntax::with_print_markers(text, PRINT_MARKER, i)));
+        tera.add_raw_templates(marked).ok()?;
+        Some(tera)
     }
 }
 
@@ -111,14 +210,24 @@ fn collect_files(
     Ok(())
 }
 
+/// Where a Tera error happened and what it says.
+struct Located {
+    template: String,
+    line: Option<usize>,
+    message: String,
+    /// The byte range in the template's source, when Tera gave one.
+    span: Option<Range<usize>>,
+}
+
 /// The template, line and message of a Tera error.
-fn locate(e: &tera::Error, fallback: &str) -> (String, Option<usize>, String) {
+fn locate(e: &tera::Error, fallback: &str) -> Located {
     match e.kind() {
-        ErrorKind::SyntaxError(report) | ErrorKind::RenderingError(report) => (
-            report.filename().to_string(),
-            Some(report.span().start_line),
-            report.message().to_string(),
-        ),
+        ErrorKind::SyntaxError(report) | ErrorKind::RenderingError(report) => Located {
+            template: report.filename().to_string(),
+            line: Some(report.span().start_line),
+            message: report.message().to_string(),
+            span: Some(report.span().range.clone()),
+        },
         _ => {
             let mut message = e.to_string();
             let mut source = std::error::Error::source(e);
@@ -130,11 +239,56 @@ fn locate(e: &tera::Error, fallback: &str) -> (String, Option<usize>, String) {
             // Reference errors (unknown filter, function or include) come as a
             // report in plain text: "error: ...", then "--> name:line:col".
             match parse_report(&message) {
-                Some((name, line, text)) => (name, Some(line), text),
-                None => (fallback.to_string(), None, message),
+                Some((template, line, message)) => Located {
+                    template,
+                    line: Some(line),
+                    message,
+                    span: None,
+                },
+                None => Located {
+                    template: fallback.to_string(),
+                    line: None,
+                    message,
+                    span: None,
+                },
             }
         }
     }
+}
+
+/// Tera's message, made more helpful where the template source tells more:
+/// the name of an undefined variable a filter got, the block a missing end
+/// tag leaves open, and the Tera form of confd syntax.
+fn explain(at: &Located, sources: &[(String, String)]) -> String {
+    let mut message = at.message.clone();
+    let Some(source) = sources
+        .iter()
+        .find(|(name, _)| *name == at.template)
+        .map(|(_, text)| text.as_str())
+    else {
+        return message;
+    };
+    if let Some(span) = &at.span {
+        let expected = message
+            .strip_prefix("Invalid type for the value, expected `")
+            .and_then(|rest| rest.strip_suffix("` but got `undefined`"));
+        if let (Some(expected), Some(text)) = (expected, source.get(span.clone())) {
+            message = format!(
+                "`{}` is not defined (a filter expected {expected} here)",
+                text.trim()
+            );
+        }
+    }
+    if message.starts_with("Unexpected end of input") || message.starts_with("Unknown tag") {
+        if let Some(block) = syntax::unclosed_block(source) {
+            message = format!("{message}: {block}");
+        }
+    }
+    let offset = at.span.as_ref().map(|s| s.start);
+    if let Some(hint) = offset.and_then(|o| syntax::go_template_hint(source, o)) {
+        message = format!("{message}; {hint}");
+    }
+    message
 }
 
 /// Replaces every secret value read by the template with `<redacted>`.
@@ -176,28 +330,16 @@ fn parse_report(report: &str) -> Option<(String, usize, String)> {
     Some((name, line, text))
 }
 
-pub(crate) fn template_config_error(e: tera::Error, fallback: &str) -> ConfigError {
-    let (template, line, message) = locate(&e, fallback);
+pub(crate) fn template_config_error(
+    e: tera::Error,
+    fallback: &str,
+    sources: &[(String, String)],
+) -> ConfigError {
+    let at = locate(&e, fallback);
     ConfigError::Template {
-        template,
-        line,
-        message,
-    }
-}
-
-fn render_error(e: tera::Error, t: &Template, reads: &[KeyRead]) -> UnitError {
-    let (template, line, mut message) = locate(&e, &t.src);
-    // A validation filter refused a value; name the key it came from.
-    if let Some(value) = filters::take_rejected() {
-        if let Some(read) = reads.iter().rev().find(|r| r.value == value) {
-            message.push_str(&format!(" (value of key `{}`)", read.key));
-        }
-    }
-    let message = redact(&message, t, reads);
-    UnitError::Render {
-        template,
-        line,
-        message,
+        message: explain(&at, sources),
+        template: at.template,
+        line: at.line,
     }
 }
 
