@@ -5,12 +5,14 @@ mod support;
 
 mod bird_e2e;
 mod bird_socket;
+mod confd_compat;
 mod corpus;
 mod crash;
 mod drift;
 mod example;
 mod faults;
 mod fixtures_selftest;
+mod injection;
 mod migration;
 mod onetime;
 mod operations;

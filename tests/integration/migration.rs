@@ -511,3 +511,144 @@ fn the_global_prefix_is_joined_with_the_resource_prefix() {
     out.assert_success();
     assert_eq!(dir.read("out/t.conf"), "joined");
 }
+
+/// One worked example of docs/migrating-from-confd.md: an optional
+/// resource (TOML), a template, and what it renders or a piece of the
+/// error it fails with.
+struct GuideExample {
+    name: String,
+    fails: bool,
+    resource: Option<String>,
+    template: String,
+    expected: String,
+}
+
+/// The fenced code blocks after `<!-- example: NAME -->` (or
+/// `example-error`), and the data after `<!-- example-data -->`.
+fn guide_examples() -> (String, Vec<GuideExample>) {
+    let guide = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/migrating-from-confd.md"),
+    )
+    .unwrap();
+    // Each fenced block: (language, text), in order, after each marker.
+    let blocks_after = |at: usize| -> Vec<(String, String)> {
+        let mut blocks = Vec::new();
+        let mut rest = &guide[at..];
+        while let Some(open) = rest.find("```") {
+            // Stop at the next marker: its blocks are not ours.
+            if rest[..open].contains("\n<!-- example") && !blocks.is_empty() {
+                break;
+            }
+            let after = &rest[open + 3..];
+            let (lang, body) = after.split_once('\n').unwrap();
+            let close = body.find("\n```").unwrap();
+            blocks.push((lang.to_string(), body[..close + 1].to_string()));
+            rest = &body[close + 4..];
+            if blocks.len() == 3 {
+                break;
+            }
+        }
+        blocks
+    };
+    let data_at = guide.find("\n<!-- example-data -->").unwrap();
+    let data = blocks_after(data_at).remove(0).1;
+    let mut examples = Vec::new();
+    // Markers stand on a line of their own (the guide also mentions them).
+    for (at, _) in guide.match_indices("\n<!-- example") {
+        let at = at + 1;
+        let marker = &guide[at..at + guide[at..].find("-->").unwrap()];
+        let (fails, name) = if let Some(name) = marker.strip_prefix("<!-- example-error: ") {
+            (true, name)
+        } else if let Some(name) = marker.strip_prefix("<!-- example: ") {
+            (false, name)
+        } else {
+            continue;
+        };
+        let mut blocks = blocks_after(at);
+        let resource = (blocks[0].0 == "toml").then(|| blocks.remove(0).1);
+        examples.push(GuideExample {
+            name: name.trim().to_string(),
+            fails,
+            resource,
+            template: blocks[0].1.clone(),
+            expected: blocks[1].1.clone(),
+        });
+    }
+    (data, examples)
+}
+
+#[test]
+fn the_guide_s_worked_examples_render_as_it_says() {
+    let (data, examples) = guide_examples();
+    assert!(examples.len() >= 15, "found {} examples", examples.len());
+    for example in examples {
+        let dir = ConfDir::new();
+        dir.dest("out/t.conf");
+        let resource = example.resource.clone().unwrap_or_else(|| {
+            "[template]\nsrc = \"t.tera\"\ndest = \"out/t.conf\"\nkeys = [\"/app\"]\nallow_env = true\n"
+                .to_string()
+        });
+        dir.file("data.yaml", &data)
+            .template("t.tera", &example.template)
+            .resource("t", &resource);
+        let mut cmd = confera();
+        cmd.env("NODENAME", "node-a")
+            .env("EMPTY", "")
+            .args(["--confdir", dir.arg(), "--backend", "file", "--file"])
+            .arg(dir.path().join("data.yaml"))
+            .args(["--onetime", "--sync-only"]);
+
+        let out = run_cmd(cmd);
+
+        if example.fails {
+            assert_ne!(out.code, 0, "example {}: {out}", example.name);
+            assert!(
+                out.stderr.contains(example.expected.trim_end()),
+                "example {}: stderr lacks {:?}\n{out}",
+                example.name,
+                example.expected.trim_end()
+            );
+            assert!(!dir.exists("out/t.conf") || dir.read("out/t.conf").is_empty());
+        } else {
+            assert_eq!(out.code, 0, "example {}: {out}", example.name);
+            assert_eq!(
+                dir.read("out/t.conf"),
+                example.expected,
+                "example {}",
+                example.name
+            );
+        }
+    }
+}
+
+#[test]
+fn template_errors_name_the_variable_the_confd_syntax_and_the_open_block() {
+    let cases = [
+        (
+            "first\n{{ nme | bird_ident }}\n",
+            1,
+            "render t.tera line 2: `nme` is not defined (a filter expected a BIRD symbol name as a string or an integer here)",
+        ),
+        (
+            "{{getv \"/app/name\"}}\n",
+            2,
+            "template t.tera line 1: Found string but expected }}.; `{{getv \"/app/name\"}}` is confd (Go template) syntax; in Tera, write `{{ getv(key=\"/app/name\") }}`",
+        ),
+        (
+            "{{range getvs \"/app/*\"}}x{{end}}\n",
+            2,
+            "is confd (Go template) syntax; in Tera, loops are `{% for v in getvs(pattern=\"/p/*\") %}...{% endfor %}`",
+        ),
+        (
+            "{% for x in ls(path=\"/app\") %}\n{{ x }}\n",
+            2,
+            "template t.tera line 3: Unexpected end of input: `{% for x in ls(path=\"/app\") %}` on line 1 is never closed: add `{% endfor %}`",
+        ),
+    ];
+    for (template, code, fragment) in cases {
+        let (dir, out) = render_one(template, "app:\n  name: web\n");
+
+        out.assert_code(code).assert_stderr_contains(fragment);
+        assert!(!dir.exists("out/t.conf"), "{template:?} wrote its output");
+    }
+}
