@@ -144,5 +144,6 @@ pub fn sample_template(scratch: &Path) -> Template {
             patterns: vec!["/bgp/passwords/*".into()],
         },
         allow_env: false,
+        follow_symlink: false,
     }
 }

@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::duration::{parse_duration, Wait};
 use crate::error::ConfigError;
+use crate::pipeline::pinned::{identity, Identity};
 use crate::reload::process;
 use crate::store::{glob_base, is_under, join_keys};
 
@@ -53,6 +54,9 @@ pub struct Template {
     pub secrets: Secrets,
     /// Whether the template may read environment variables (`getenv`).
     pub allow_env: bool,
+    /// Follow a symbolic link at `dest` (only one root or confera's user
+    /// owns, in a directory nobody else can write); refused otherwise.
+    pub follow_symlink: bool,
 }
 
 /// Which values of a template are secret: never logged, never shown in a
@@ -166,16 +170,24 @@ pub fn load_all(layout: &Layout) -> Result<Vec<Unit>, ConfigError> {
         .iter()
         .map(|p| load(layout, p))
         .collect::<Result<_, _>>()?;
-    // Two units writing one file would overwrite each other forever.
-    let mut owners: std::collections::HashMap<&Path, &Path> = std::collections::HashMap::new();
+    // Two units writing one file would overwrite each other forever, however
+    // each spells it: compare the directory's device and inode plus the name.
+    let mut owners: std::collections::HashMap<Identity, (&Path, &Path)> =
+        std::collections::HashMap::new();
     for unit in &units {
         for t in &unit.templates {
-            if let Some(other) = owners.insert(&t.dest, &unit.path) {
+            let id = identity(&t.dest, t.follow_symlink);
+            if let Some((other, other_dest)) = owners.insert(id, (&unit.path, &t.dest)) {
+                let same = if other_dest == t.dest {
+                    String::new()
+                } else {
+                    format!(" (as {})", other_dest.display())
+                };
                 return Err(ConfigError::field(
                     &unit.path,
                     "dest",
                     format!(
-                        "{} is also written by {}; a destination belongs to one resource",
+                        "{} is also written by {}{same}; a destination belongs to one resource",
                         t.dest.display(),
                         other.display()
                     ),
@@ -309,6 +321,7 @@ impl Ctx<'_> {
             gid,
             secrets: Secrets::default(),
             allow_env: false,
+            follow_symlink: raw.follow_symlink.unwrap_or(false),
         })
     }
 
@@ -538,6 +551,7 @@ raw_structs! {
         gid: u32,
         owner: String,
         group: String,
+        follow_symlink: bool,
     }
 }
 

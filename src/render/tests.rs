@@ -21,6 +21,7 @@ fn template(src: &str, prefix: &str, keys: &[&str]) -> Template {
         gid: None,
         secrets: Default::default(),
         allow_env: false,
+        follow_symlink: false,
     }
 }
 

@@ -15,4 +15,5 @@ mod migration;
 mod onetime;
 mod operations;
 mod security;
+mod symlinks;
 mod watch;
