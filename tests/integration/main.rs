@@ -14,6 +14,7 @@ mod fixtures_selftest;
 mod migration;
 mod onetime;
 mod operations;
+mod pid_files;
 mod security;
 mod symlinks;
 mod watch;

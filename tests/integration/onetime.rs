@@ -311,8 +311,9 @@ fn reload_cmd_runs_after_the_commit_with_dest_expanded() {
     assert_eq!(conf.read("reloaded"), "v = 1\n");
 }
 
-// `process_name` targeting is covered by src/process.rs's unit tests
-// (signal_daemon_signals_every_process_with_the_name and friends).
+// `process_name` targeting is covered by src/reload/process.rs's unit tests
+// (a_name_matching_one_process_of_root_signals_it and friends) and, with a
+// throwaway user, by tests/integration/pid_files.rs.
 
 // --- template sets -------------------------------------------------------------
 
