@@ -3,6 +3,7 @@
 
 mod support;
 
+mod audit;
 mod bird_e2e;
 mod bird_socket;
 mod corpus;
