@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::support::cmd::{run, wait_until, Daemon, Run};
-use crate::support::confdir::ConfDir;
+use crate::support::confdir::{stage_entries, ConfDir};
 use crate::support::user::{open_for_traversal, TempUser};
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -85,14 +85,6 @@ impl Site {
 
 fn is_link(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
-}
-
-fn stage_entries(dir: &Path) -> Vec<String> {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".confera-stage-"))
-        .collect()
 }
 
 #[test]
