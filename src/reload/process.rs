@@ -654,9 +654,10 @@ mod tests {
         assert_eq!(find_by_name(&name), both);
         let err = signal_daemon(None, Some(&name), Signal::SIGTERM, None).unwrap_err();
 
+        let me = pinned::user_name(nix::unistd::geteuid().as_raw());
         assert!(
             err.to_string().starts_with(&format!(
-                "process_name `{name}` matches 2 processes (pid {} of root (uid 0), pid {} of root (uid 0)): refusing to guess",
+                "process_name `{name}` matches 2 processes (pid {} of {me}, pid {} of {me}): refusing to guess",
                 both[0], both[1]
             )),
             "{err}"
