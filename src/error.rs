@@ -80,6 +80,11 @@ pub enum UnitError {
         message: String,
     },
 
+    /// A destination that cannot be reached without following a link an
+    /// unprivileged user could have planted, or that is not a regular file.
+    #[error("destination {0}")]
+    Destination(#[from] crate::pipeline::pinned::PathError),
+
     #[error("staging {path}: {source}", path = .path.display())]
     Stage {
         path: PathBuf,

@@ -145,5 +145,6 @@ pub fn sample_template(scratch: &Path) -> Template {
         },
         allow_env: false,
         output: crate::resource::Output::Plain,
+        follow_symlink: false,
     }
 }

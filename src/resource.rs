@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::duration::{parse_duration, Wait};
 use crate::error::ConfigError;
+use crate::pipeline::pinned::{identity, Identity};
 use crate::reload::process;
 use crate::store::{glob_base, is_under, join_keys};
 
@@ -55,6 +56,9 @@ pub struct Template {
     pub allow_env: bool,
     /// How every value the template prints is checked.
     pub output: Output,
+    /// Follow a symbolic link at `dest` (only one root or confera's user
+    /// owns, in a directory nobody else can write); refused otherwise.
+    pub follow_symlink: bool,
 }
 
 /// The output policy of a resource (`output = "bird" | "plain"`): what a
@@ -186,16 +190,24 @@ pub fn load_all(layout: &Layout) -> Result<Vec<Unit>, ConfigError> {
         .iter()
         .map(|p| load(layout, p))
         .collect::<Result<_, _>>()?;
-    // Two units writing one file would overwrite each other forever.
-    let mut owners: std::collections::HashMap<&Path, &Path> = std::collections::HashMap::new();
+    // Two units writing one file would overwrite each other forever, however
+    // each spells it: compare the directory's device and inode plus the name.
+    let mut owners: std::collections::HashMap<Identity, (&Path, &Path)> =
+        std::collections::HashMap::new();
     for unit in &units {
         for t in &unit.templates {
-            if let Some(other) = owners.insert(&t.dest, &unit.path) {
+            let id = identity(&t.dest, t.follow_symlink);
+            if let Some((other, other_dest)) = owners.insert(id, (&unit.path, &t.dest)) {
+                let same = if other_dest == t.dest {
+                    String::new()
+                } else {
+                    format!(" (as {})", other_dest.display())
+                };
                 return Err(ConfigError::field(
                     &unit.path,
                     "dest",
                     format!(
-                        "{} is also written by {}; a destination belongs to one resource",
+                        "{} is also written by {}{same}; a destination belongs to one resource",
                         t.dest.display(),
                         other.display()
                     ),
@@ -349,6 +361,7 @@ impl Ctx<'_> {
             secrets: Secrets::default(),
             allow_env: false,
             output: Output::default(),
+            follow_symlink: raw.follow_symlink.unwrap_or(false),
         })
     }
 
@@ -628,6 +641,7 @@ raw_structs! {
         gid: u32,
         owner: String,
         group: String,
+        follow_symlink: bool,
     }
 }
 

@@ -1,17 +1,21 @@
 //! Commit: move staged files over their destinations atomically.
 //!
 //! Only commit writes a destination. Each file is already fsynced; commit
-//! renames it into place and fsyncs the directory. A destination that cannot
-//! be renamed over (a bind-mounted file: EBUSY, another filesystem: EXDEV) is
-//! rewritten in place instead, and any error is reported, never swallowed.
+//! renames it into place through the pinned directory handles (a link that
+//! appeared at the name since it was checked is replaced, never followed)
+//! and fsyncs the directory. A destination that cannot be renamed over (a
+//! bind-mounted file: EBUSY, another filesystem: EXDEV) is rewritten in
+//! place instead, never through a link or into a file with other hard
+//! links, and any error is reported, never swallowed.
 
-use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+
+use nix::fcntl::{renameat, OFlag};
+use nix::sys::stat::{fstat, Mode, SFlag};
 
 use crate::error::UnitError;
-use crate::pipeline::stage::{parent_of, set_owner_and_mode, StagedFile};
+use crate::pipeline::pinned::PathError;
+use crate::pipeline::stage::{set_owner_and_mode, StagedFile};
 
 /// How a file reached its destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,51 +30,62 @@ pub fn commit(file: &StagedFile) -> Result<Method, UnitError> {
         path: file.dest.clone(),
         source,
     };
-    let method = match fs::rename(&file.staged, &file.dest) {
+    let (stage_dir, name) = file.source();
+    let target = &file.target;
+    let method = match renameat(stage_dir, name, target.dir.fd(), target.name.as_os_str()) {
         Ok(()) => Method::Rename,
-        Err(e) if is_busy_or_cross_device(&e) => {
+        Err(e @ (nix::errno::Errno::EBUSY | nix::errno::Errno::EXDEV)) => {
             tracing::debug!(dest = %file.dest.display(), error = %e, "rename not possible, writing in place");
-            write_in_place(file).map_err(err)?;
+            write_in_place(file)?;
             Method::InPlace
         }
-        Err(e) => return Err(err(e)),
+        Err(e) => return Err(err(e.into())),
     };
-    sync_dir(&parent_of(&file.dest)).map_err(err)?;
+    target.dir.sync().map_err(err)?;
     Ok(method)
 }
 
-fn is_busy_or_cross_device(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(code) if code == nix::libc::EBUSY || code == nix::libc::EXDEV
-    )
-}
-
 /// The fallback: truncate and rewrite the destination itself. Not atomic, so
-/// only used where rename cannot work.
-fn write_in_place(file: &StagedFile) -> io::Result<()> {
-    // The destination was resolved through symlinks already; a link that
-    // appears there since must not redirect the write.
-    let mut dest = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&file.dest)?;
-    set_owner_and_mode(&dest, &file.state)?;
-    dest.write_all(&file.state.content)?;
-    dest.sync_all()
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+/// only used where rename cannot work. A link or a special file at the name
+/// is refused, and so is a file with other hard links, whose other names
+/// (perhaps outside this directory) would change too.
+fn write_in_place(file: &StagedFile) -> Result<(), UnitError> {
+    let target = &file.target;
+    let mut dest = target.open(
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NONBLOCK,
+        Mode::from_bits_truncate(0o600),
+    )?;
+    let io = |source: io::Error| UnitError::Commit {
+        path: file.dest.clone(),
+        source,
+    };
+    let st = fstat(&dest).map_err(|e| io(e.into()))?;
+    if st.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFREG.bits() {
+        return Err(PathError::NotRegular {
+            path: file.dest.clone(),
+            kind: crate::pipeline::pinned::kind_name(&st),
+        }
+        .into());
+    }
+    if st.st_nlink > 1 {
+        return Err(io(io::Error::other(format!(
+            "it has {} hard links: refusing to rewrite it in place",
+            st.st_nlink
+        ))));
+    }
+    dest.set_len(0).map_err(io)?;
+    set_owner_and_mode(&dest, &file.state).map_err(io)?;
+    dest.write_all(&file.state.content).map_err(io)?;
+    dest.sync_all().map_err(io)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::pipeline::compare::FileState;
+    use crate::pipeline::pinned::Target;
     use crate::pipeline::stage::Stage;
+    use std::fs;
 
     #[test]
     fn a_commit_replaces_the_destination_with_the_staged_file() {
@@ -83,29 +98,30 @@ mod tests {
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
         };
-        let stage = Stage::create("x", vec![(dest.clone(), state)], false).unwrap();
+        let target = Target::resolve(&dest, false).unwrap();
+        let stage = Stage::create("x", vec![(target, state)], false).unwrap();
         assert_eq!(commit(&stage.files()[0]).unwrap(), Method::Rename);
         assert_eq!(fs::read_to_string(&dest).unwrap(), "new");
     }
 
     #[test]
-    fn a_failed_commit_names_the_destination() {
+    fn a_link_planted_after_staging_is_replaced_not_followed() {
         let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("x.conf");
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "keep").unwrap();
         let state = FileState {
             content: b"new".to_vec(),
             mode: 0o644,
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
         };
-        let stage = Stage::create("x", vec![(dir.path().join("x.conf"), state)], false).unwrap();
-        let mut bad = StagedFile {
-            staged: stage.files()[0].staged.clone(),
-            dest: dir.path().join("no/such/dir/x.conf"),
-            state: stage.files()[0].state.clone(),
-        };
-        let e = commit(&bad).unwrap_err().to_string();
-        assert!(e.contains("no/such/dir/x.conf"), "{e}");
-        bad.dest = dir.path().join("x.conf");
-        commit(&bad).unwrap();
+        let target = Target::resolve(&dest, false).unwrap();
+        let stage = Stage::create("x", vec![(target, state)], false).unwrap();
+        std::os::unix::fs::symlink(&victim, &dest).unwrap();
+        assert_eq!(commit(&stage.files()[0]).unwrap(), Method::Rename);
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+        assert!(!fs::symlink_metadata(&dest).unwrap().is_symlink());
+        assert_eq!(fs::read_to_string(&dest).unwrap(), "new");
     }
 }

@@ -1,14 +1,17 @@
 //! Compare: what a destination holds now against what a render wants it to
 //! hold (content, mode, owner), and the unified diff between them.
 //!
-//! Compare only reads; it never writes a file.
+//! Compare only reads, never through a link it was not told to follow, and
+//! never writes a file.
 
-use std::fs;
-use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::OFlag;
+use nix::sys::stat::{Mode, SFlag};
 use similar::TextDiff;
+
+use crate::pipeline::pinned::{self, PathError, Target};
 
 /// A destination's content and attributes, as it is or as it should be.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,46 +98,60 @@ impl Difference {
     }
 }
 
-/// Resolves a destination to the file that should really be written: a
-/// symlink is followed to its target, once, so a commit replaces the target
-/// and keeps the link.
+/// The file drift defense should watch for `dest`: `dest` itself, or the
+/// target of a link at `dest` that root or confera's user made in a
+/// directory nobody else can write (see [`Target::resolve`]).
 pub fn resolve_dest(dest: &Path) -> io::Result<PathBuf> {
-    let mut path = dest.to_path_buf();
-    // As the kernel does, give up on loops after 40 links.
-    for _ in 0..40 {
-        match fs::symlink_metadata(&path) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                let target = fs::read_link(&path)?;
-                // A dangling link is followed too: the commit creates its target.
-                path = if target.is_absolute() {
-                    target
-                } else {
-                    crate::pipeline::stage::parent_of(&path).join(target)
-                };
-            }
-            _ => return Ok(path),
-        }
-    }
-    Err(io::Error::other(format!(
-        "{}: too many levels of symbolic links",
-        dest.display()
-    )))
+    Target::resolve(dest, true)
+        .map(|t| t.path)
+        .map_err(io::Error::other)
 }
 
-/// Reads the current state of `path`; `None` when it does not exist.
-pub fn current(path: &Path) -> io::Result<Option<FileState>> {
-    let meta = match fs::metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+/// Reads the regular file at `target` without following a link and without
+/// blocking on a named pipe; `None` when there is nothing there. A link that
+/// appeared since the target was resolved is refused, never read through.
+pub fn read(target: &Target) -> Result<Option<FileState>, PathError> {
+    let file = match target.open(OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty()) {
+        Ok(file) => file,
+        Err(e) if e.is_not_found() => return Ok(None),
         Err(e) => return Err(e),
     };
-    let content = fs::read(path)?;
+    let io = |source| PathError::Io {
+        path: target.path.clone(),
+        source,
+    };
+    let st = nix::sys::stat::fstat(&file).map_err(|e| io(e.into()))?;
+    if st.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFREG.bits() {
+        return Err(PathError::NotRegular {
+            path: target.path.clone(),
+            kind: pinned::kind_name(&st),
+        });
+    }
+    let mut content = Vec::with_capacity(st.st_size.max(0) as usize);
+    (&file).read_to_end(&mut content).map_err(io)?;
     Ok(Some(FileState {
         content,
-        mode: meta.mode() & 0o7777,
-        uid: meta.uid(),
-        gid: meta.gid(),
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
     }))
+}
+
+/// The regular file confera left at `path`, for drift defense: `None` when
+/// there is none, including when someone replaced it with a link (a restore
+/// then refuses the link, see [`Target::resolve`]).
+pub fn current(path: &Path) -> io::Result<Option<FileState>> {
+    let target = match Target::resolve(path, false) {
+        Ok(target) => target,
+        Err(PathError::SymlinkAtDest { .. }) => return Ok(None),
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(io::Error::other(e)),
+    };
+    match read(&target) {
+        Ok(state) => Ok(state),
+        Err(PathError::SymlinkAtDest { .. } | PathError::NotRegular { .. }) => Ok(None),
+        Err(e) => Err(io::Error::other(e)),
+    }
 }
 
 /// How `want` differs from `have`.
@@ -254,17 +271,26 @@ mod tests {
     }
 
     #[test]
-    fn a_symlinked_destination_resolves_to_its_target() {
+    fn a_link_at_the_destination_is_never_read_through() {
         let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("real.conf");
-        fs::write(&target, "x").unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "x").unwrap();
         let link = dir.path().join("link.conf");
-        std::os::unix::fs::symlink(&target, &link).unwrap();
-        assert_eq!(
-            resolve_dest(&link).unwrap(),
-            fs::canonicalize(&target).unwrap()
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        assert_eq!(current(&link).unwrap(), None, "drift sees no file of ours");
+        assert_eq!(current(&secret).unwrap().unwrap().content, b"x");
+    }
+
+    #[test]
+    fn a_named_pipe_at_the_destination_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("x.conf");
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600)).unwrap();
+        let e = read(&Target::resolve(&fifo, false).unwrap()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("is a named pipe, not a regular file"),
+            "{e}"
         );
-        let missing = dir.path().join("new.conf");
-        assert_eq!(resolve_dest(&missing).unwrap(), missing);
     }
 }

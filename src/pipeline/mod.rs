@@ -9,6 +9,7 @@
 pub mod check;
 pub mod commit;
 pub mod compare;
+pub mod pinned;
 pub mod stage;
 
 use std::io::Write;
@@ -66,7 +67,8 @@ impl Outcome {
     }
 }
 
-/// A destination (resolved through symlinks) and the state a render gave it.
+/// A destination (the file a commit writes, see `pinned::Target`) and the
+/// state a render gave it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
     pub dest: PathBuf,
@@ -78,6 +80,7 @@ struct Planned<'a> {
     template: &'a Template,
     reads: Vec<KeyRead>,
     dest: PathBuf,
+    target: pinned::Target,
     have: Option<FileState>,
     want: FileState,
 }
@@ -254,7 +257,7 @@ impl Pipeline<'_> {
         }
         let members = planned
             .iter()
-            .map(|p| (p.dest.clone(), p.want.clone()))
+            .map(|p| (p.target.clone(), p.want.clone()))
             .collect();
         let stage = Stage::create(&unit.name, members, self.options.keep_stage)?;
         if !self.options.sync_only {
@@ -286,12 +289,10 @@ impl Pipeline<'_> {
         let mut planned = Vec::with_capacity(unit.templates.len());
         for template in &unit.templates {
             let rendered = self.renderer.render(template, store)?;
-            let io = |source| UnitError::Stage {
-                path: template.dest.clone(),
-                source,
-            };
-            let dest = compare::resolve_dest(&template.dest).map_err(io)?;
-            let have = compare::current(&dest).map_err(io)?;
+            // Never through a link an unprivileged user could have planted.
+            let target = pinned::Target::resolve(&template.dest, template.follow_symlink)?;
+            let have = compare::read(&target)?;
+            let dest = target.path.clone();
             // Unset attributes keep what confera set before, else what the
             // destination has (as confd does), else 0644 and our own ids.
             let kept = self
@@ -314,6 +315,7 @@ impl Pipeline<'_> {
                 template,
                 reads: rendered.reads,
                 dest,
+                target,
                 have,
                 want,
             });

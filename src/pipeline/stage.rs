@@ -4,29 +4,69 @@
 //!
 //! All files of one unit are staged together, so a check of the staged main
 //! file resolves relative includes to the staged includes. Stage never
-//! touches a destination; a dropped [`Stage`] removes what it wrote.
+//! touches a destination, and works only through the pinned handles of
+//! [`pinned`]: a `.confera-stage-*` entry planted by someone else is never
+//! written into or followed, only (when stale) removed. A dropped [`Stage`]
+//! removes what it wrote.
 
 use std::collections::BTreeMap;
-use std::fs::{self, DirBuilder, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::errno::Errno;
+use nix::fcntl::{openat, AtFlags, OFlag};
+use nix::sys::stat::{fstat, fstatat, mkdirat, Mode, SFlag};
+use nix::unistd::{unlinkat, UnlinkatFlags};
 
 use crate::error::UnitError;
 use crate::pipeline::compare::FileState;
+use crate::pipeline::pinned::{Dir, Target};
+
+// Other modules still name `stage::parent_of`.
+pub use crate::pipeline::pinned::parent_of;
+
+/// How deep a planted tree under a stale staging name is cleaned up.
+const MAX_DEPTH: usize = 16;
 
 /// One staged member of a unit.
 #[derive(Debug)]
 pub struct StagedFile {
+    /// The staged copy's path, for `{{src}}` and messages.
     pub staged: PathBuf,
+    /// The file a commit writes (see [`Target::path`]).
     pub dest: PathBuf,
     pub state: FileState,
+    pub target: Target,
+    /// The staging directory holding the copy, under the name `target.name`.
+    stage_dir: Arc<OwnedFd>,
+}
+
+impl StagedFile {
+    /// The staging directory's handle and the copy's name in it.
+    pub fn source(&self) -> (&OwnedFd, &OsStr) {
+        (&self.stage_dir, self.target.name.as_os_str())
+    }
+}
+
+/// A staging directory: its handle, and its name in the pinned destination
+/// directory, for removal.
+#[derive(Debug)]
+struct StageDir {
+    parent: Dir,
+    name: OsString,
+    fd: Arc<OwnedFd>,
+    path: PathBuf,
 }
 
 /// The staging directories of one unit and the files in them.
 #[derive(Debug)]
 pub struct Stage {
-    dirs: Vec<PathBuf>,
+    dirs: Vec<StageDir>,
     files: Vec<StagedFile>,
     keep: bool,
 }
@@ -38,14 +78,14 @@ pub fn stage_prefix(unit: &str) -> String {
 }
 
 impl Stage {
-    /// Stages `members` (resolved destination, wanted state). One staging
+    /// Stages `members` (resolved target, wanted state). One staging
     /// directory per destination directory, named for the unit and this
     /// process, created 0711: nobody else can list it or plant files in it,
     /// but a daemon running as another user (BIRD's `configure check`) can
     /// open the staged files, which already carry their final mode.
     pub fn create(
         unit: &str,
-        members: Vec<(PathBuf, FileState)>,
+        members: Vec<(Target, FileState)>,
         keep: bool,
     ) -> Result<Stage, UnitError> {
         let mut stage = Stage {
@@ -53,31 +93,35 @@ impl Stage {
             files: Vec::with_capacity(members.len()),
             keep,
         };
-        let mut dirs: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
-        for (dest, state) in members {
-            let parent = parent_of(&dest);
-            let stage_dir = match dirs.get(&parent) {
-                Some(dir) => dir.clone(),
+        // Keyed by the directory's identity, however it was spelled.
+        let mut by_dir: BTreeMap<(u64, u64), usize> = BTreeMap::new();
+        for (target, state) in members {
+            let stage_err = |source| UnitError::Stage {
+                path: target.dir.path().to_path_buf(),
+                source,
+            };
+            let st = target.dir.stat().map_err(stage_err)?;
+            let index = match by_dir.get(&(st.st_dev, st.st_ino)) {
+                Some(&index) => index,
                 None => {
-                    let dir = make_stage_dir(&parent, unit).map_err(|source| UnitError::Stage {
-                        path: parent.clone(),
-                        source,
-                    })?;
-                    stage.dirs.push(dir.clone());
-                    dirs.insert(parent.clone(), dir.clone());
-                    dir
+                    let dir = make_stage_dir(&target.dir, unit).map_err(stage_err)?;
+                    stage.dirs.push(dir);
+                    by_dir.insert((st.st_dev, st.st_ino), stage.dirs.len() - 1);
+                    stage.dirs.len() - 1
                 }
             };
-            let name = dest.file_name().unwrap_or_default();
-            let staged = stage_dir.join(name);
-            write_file(&staged, &state).map_err(|source| UnitError::Stage {
+            let dir = &stage.dirs[index];
+            let staged = dir.path.join(&target.name);
+            write_file(&dir.fd, &target.name, &state).map_err(|source| UnitError::Stage {
                 path: staged.clone(),
                 source,
             })?;
             stage.files.push(StagedFile {
                 staged,
-                dest,
+                dest: target.path.clone(),
                 state,
+                target,
+                stage_dir: dir.fd.clone(),
             });
         }
         Ok(stage)
@@ -99,40 +143,78 @@ impl Drop for Stage {
             return;
         }
         for dir in &self.dirs {
-            // Renamed-away files are gone already; remove whatever is left.
-            if let Err(e) = fs::remove_dir_all(dir) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(dir = %dir.display(), error = %e, "could not remove staging directory");
-                }
+            // Renamed-away files are gone already; remove whatever is left,
+            // and the directory itself only if the name still holds it.
+            if let Err(e) = remove_contents(&dir.fd, 0).and_then(|()| remove_if_ours(dir)) {
+                tracing::warn!(dir = %dir.path.display(), error = %e, "could not remove staging directory");
             }
         }
     }
 }
 
-pub fn parent_of(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
+fn remove_if_ours(dir: &StageDir) -> io::Result<()> {
+    let ours = fstat(dir.fd.as_fd())?;
+    match fstatat(
+        dir.parent.fd(),
+        dir.name.as_os_str(),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    ) {
+        Ok(st) if (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino) => unlinkat(
+            dir.parent.fd(),
+            dir.name.as_os_str(),
+            UnlinkatFlags::RemoveDir,
+        )
+        .map_err(io::Error::from),
+        // Moved away by whoever owns the destination directory: it is empty
+        // now, and what holds the name is not ours to remove.
+        Ok(_) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
-fn make_stage_dir(parent: &Path, unit: &str) -> io::Result<PathBuf> {
+/// Creates this run's staging directory in `parent` and opens it. A name
+/// someone planted is skipped; a directory swapped in before it could be
+/// opened is refused (it would not be ours).
+fn make_stage_dir(parent: &Dir, unit: &str) -> io::Result<StageDir> {
+    let parent_st = parent.stat()?;
     for _ in 0..16 {
-        let dir = parent.join(format!(
+        let name = OsString::from(format!(
             "{}{}-{:08x}",
             stage_prefix(unit),
             std::process::id(),
             rand::random::<u32>()
         ));
-        match DirBuilder::new().mode(0o711).create(&dir) {
-            Ok(()) => {
-                // The umask may have narrowed the mode; set it exactly.
-                fs::set_permissions(&dir, fs::Permissions::from_mode(0o711))?;
-                return Ok(dir);
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
+        match mkdirat(
+            parent.fd(),
+            name.as_os_str(),
+            Mode::from_bits_truncate(0o711),
+        ) {
+            Ok(()) => {}
+            Err(Errno::EEXIST) => continue,
+            Err(e) => return Err(e.into()),
         }
+        let fd = openat(
+            parent.fd(),
+            name.as_os_str(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let st = fstat(&fd)?;
+        let path = parent.path().join(&name);
+        if st.st_uid != nix::unistd::geteuid().as_raw() || st.st_dev != parent_st.st_dev {
+            return Err(io::Error::other(format!(
+                "staging directory {} was replaced by someone else before it could be used",
+                path.display()
+            )));
+        }
+        // The umask may have narrowed the mode; set it exactly.
+        nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(0o711))?;
+        return Ok(StageDir {
+            parent: parent.clone(),
+            name,
+            fd: Arc::new(fd),
+            path,
+        });
     }
     Err(io::Error::new(
         io::ErrorKind::AlreadyExists,
@@ -140,14 +222,17 @@ fn make_stage_dir(parent: &Path, unit: &str) -> io::Result<PathBuf> {
     ))
 }
 
-/// Writes a new file exclusively, with mode and owner set on the descriptor
-/// before any content, then fsyncs it.
-pub fn write_file(path: &Path, state: &FileState) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(state.mode & 0o600)
-        .open(path)?;
+/// Writes a new file `name` in the directory `dir` exclusively (never
+/// through a link), with mode and owner set on the descriptor before any
+/// content, then fsyncs it.
+fn write_file(dir: &OwnedFd, name: &OsStr, state: &FileState) -> io::Result<()> {
+    let fd = openat(
+        dir,
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(state.mode & 0o600),
+    )?;
+    let mut file = File::from(fd);
     set_owner_and_mode(&file, state)?;
     file.write_all(&state.content)?;
     file.sync_all()
@@ -169,16 +254,24 @@ pub fn set_owner_and_mode(file: &fs::File, state: &FileState) -> io::Result<()> 
 }
 
 /// Removes staging directories that a crashed run of this unit left in
-/// `dir`. Directories of a still-running process are left alone.
+/// `dir`. Directories of a still-running process are left alone. Whatever
+/// holds such a name (a planted link, file or tree) is removed through the
+/// pinned directory without following a link.
 pub fn remove_stale(dir: &Path, unit: &str) -> usize {
     let prefix = stage_prefix(unit);
-    let Ok(entries) = fs::read_dir(dir) else {
+    let parent = match Dir::open(dir) {
+        Ok(parent) => parent,
+        Err(e) => {
+            tracing::debug!(dir = %dir.display(), error = %e, "not looking for stale staging directories");
+            return 0;
+        }
+    };
+    let Ok(names) = list(parent.fd()) else {
         return 0;
     };
     let mut removed = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(&prefix) else {
+    for name in names {
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
             continue;
         };
         let pid = rest.split('-').next().and_then(|p| p.parse::<i32>().ok());
@@ -189,18 +282,79 @@ pub fn remove_stale(dir: &Path, unit: &str) -> usize {
         if owner_alive {
             continue;
         }
-        if fs::remove_dir_all(entry.path()).is_ok() {
-            tracing::info!(dir = %entry.path().display(), "removed stale staging directory");
-            removed += 1;
+        let path = parent.path().join(&name);
+        match remove_entry(parent.fd(), &name, 0) {
+            Ok(()) => {
+                tracing::info!(dir = %path.display(), "removed stale staging directory");
+                removed += 1;
+            }
+            Err(e) => {
+                tracing::warn!(dir = %path.display(), error = %e, "could not remove stale staging directory")
+            }
         }
     }
     removed
+}
+
+/// The names in a directory, but `.` and `..`.
+fn list(dir: impl AsFd) -> io::Result<Vec<OsString>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut handle = nix::dir::Dir::openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut names = Vec::new();
+    for entry in handle.iter() {
+        let name = entry?.file_name().to_bytes().to_vec();
+        if name != b"." && name != b".." {
+            names.push(OsStr::from_bytes(&name).to_os_string());
+        }
+    }
+    Ok(names)
+}
+
+/// Removes `name` in `dir`: a link or file is unlinked (never followed), a
+/// directory emptied through its own handle first.
+fn remove_entry(dir: impl AsFd, name: &OsStr, depth: usize) -> io::Result<()> {
+    let dir = dir.as_fd();
+    let st = fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    if st.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFDIR.bits() {
+        return unlinkat(dir, name, UnlinkatFlags::NoRemoveDir).map_err(io::Error::from);
+    }
+    let sub = openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    remove_contents(&sub, depth + 1)?;
+    unlinkat(dir, name, UnlinkatFlags::RemoveDir).map_err(io::Error::from)
+}
+
+fn remove_contents(dir: impl AsFd, depth: usize) -> io::Result<()> {
+    let dir = dir.as_fd();
+    if depth > MAX_DEPTH {
+        return Err(io::Error::other("too deeply nested to remove"));
+    }
+    for name in list(dir)? {
+        match remove_entry(dir, &name, depth) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            other => other?,
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    fn target(dest: &Path) -> Target {
+        Target::resolve(dest, false).unwrap()
+    }
 
     fn want(content: &str, mode: u32) -> FileState {
         FileState {
@@ -216,10 +370,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let members = vec![
             (
-                dir.path().join("bird.conf"),
+                target(&dir.path().join("bird.conf")),
                 want("include \"f.conf\";\n", 0o640),
             ),
-            (dir.path().join("f.conf"), want("filter f {}\n", 0o640)),
+            (
+                target(&dir.path().join("f.conf")),
+                want("filter f {}\n", 0o640),
+            ),
         ];
         let stage = Stage::create("bird", members, false).unwrap();
         let a = &stage.files()[0].staged;

@@ -6,6 +6,7 @@
 pub mod bird;
 pub mod process;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::command;
@@ -28,10 +29,13 @@ pub async fn reload(action: &Reload, dest: &Path) -> Result<(), ReloadFailure> {
         tracing::info!(socket = %socket.display(), outcome = ?outcome, "bird reconfigured");
     }
     if let Some(signal) = action.signal {
+        // A process found by name may run as the owner of the daemon's file.
+        let daemon_user = std::fs::metadata(dest).ok().map(|m| m.uid());
         let pids = process::signal_daemon(
             action.pid_file.as_deref(),
             action.process_name.as_deref(),
             signal,
+            daemon_user,
         )?;
         tracing::info!(signal = %signal, pids = ?pids.iter().map(|p| p.as_raw()).collect::<Vec<_>>(), "signalled daemon");
     }

@@ -1,18 +1,33 @@
 //! Finding a daemon (by pid file or by process name) and sending it a signal.
 //!
+//! A pid file cannot aim root's signal at someone else's process: the pid
+//! file is read without following a link an unprivileged user could plant,
+//! and the process it names must be one its owner could signal themselves
+//! (unless root or confera's user owns the file). A process name must match
+//! exactly one process, of root, confera's user or the daemon's user.
+//! Processes are looked up with `procfs` and signalled through a pidfd, so
+//! a pid reused between the check and the signal is never hit.
+//!
 //! This module never signals a process group, never signals pid 0 or -1, and
 //! never panics on a stale pid file: every failure is a [`ProcessError`].
 
-use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::sys::signal::{kill, Signal};
+use nix::sys::stat::{Mode, SFlag};
 use nix::unistd::Pid;
+use procfs::process::Process;
+
+use crate::pipeline::pinned::{self, PathError, Target};
 
 /// The kernel keeps only this many bytes of a process name in /proc/PID/comm.
 const COMM_LEN: usize = 15;
+
+/// A pid file larger than this is not a pid file.
+const PID_FILE_LIMIT: u64 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -30,6 +45,9 @@ pub enum ProcessError {
         #[source]
         source: io::Error,
     },
+
+    #[error("pid file {0}")]
+    PidFileUnsafe(PathError),
 
     #[error("pid file {} is empty: is the daemon still starting?", path.display())]
     PidFileEmpty { path: PathBuf },
@@ -49,6 +67,14 @@ pub enum ProcessError {
         pid: Pid,
         expected: String,
         found: String,
+    },
+
+    #[error("pid file {} is owned by {owner} but names pid {pid}, which runs as {runs_as}: refusing to signal it (a pid file may only name its owner's processes unless root owns it)", path.display())]
+    PidFileForeign {
+        path: PathBuf,
+        pid: Pid,
+        owner: String,
+        runs_as: String,
     },
 
     #[error("refusing to signal pid {pid}: it does not name a single process")]
@@ -73,8 +99,38 @@ pub enum ProcessError {
     #[error("no process named `{name}` is running: start the daemon, or check process_name against /proc/PID/comm")]
     NoProcessNamed { name: String },
 
+    #[error("process_name `{name}` matches {} processes ({}): refusing to guess which is the daemon; set pid_file", found.len(), describe(found))]
+    SeveralNamed { name: String, found: Vec<Found> },
+
+    #[error("the only process named `{name}` is pid {} of {}, not of root, confera's user or the daemon's ({}): refusing to signal it", found.pid, pinned::user_name(found.uid), expected_users(expected))]
+    UnexpectedUser {
+        name: String,
+        found: Found,
+        expected: Vec<u32>,
+    },
+
     #[error("no process to signal: set pid_file or process_name")]
     NoTarget,
+}
+
+/// A process found by name, and the user it runs as (its effective uid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    pub pid: Pid,
+    pub uid: u32,
+}
+
+fn describe(found: &[Found]) -> String {
+    let all: Vec<String> = found
+        .iter()
+        .map(|f| format!("pid {} of {}", f.pid, pinned::user_name(f.uid)))
+        .collect();
+    all.join(", ")
+}
+
+fn expected_users(uids: &[u32]) -> String {
+    let all: Vec<String> = uids.iter().map(|&u| pinned::user_name(u)).collect();
+    all.join(", ")
 }
 
 /// Parses "SIGHUP", "HUP", "hup", "1", "SIGUSR1", ... into a signal.
@@ -96,19 +152,56 @@ pub fn parse_signal(name: &str) -> Result<Signal, ProcessError> {
     full.parse().map_err(|_| unknown())
 }
 
-/// Reads the pid on the first line of a pid file. A missing or empty file,
-/// anything but a number, and pids 0 and 1 are errors naming the path.
-pub fn read_pid_file(path: &Path) -> Result<Pid, ProcessError> {
-    let contents = fs::read(path).map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => ProcessError::PidFileMissing {
+/// A pid read from a pid file, and the uid owning that file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PidFile {
+    pub pid: Pid,
+    pub owner: u32,
+}
+
+/// Reads the pid on the first line of a pid file, and the file's owner. The
+/// file is reached like a destination with `follow_symlink` (only links
+/// root or confera's user made in directories nobody else can write) and
+/// must be a regular file. A missing or empty file, anything but a number,
+/// and pids 0 and 1 are errors naming the path.
+pub fn read_pid_file(path: &Path) -> Result<PidFile, ProcessError> {
+    let missing = || ProcessError::PidFileMissing {
+        path: path.to_owned(),
+    };
+    let target = match Target::resolve(path, true) {
+        Ok(target) => target,
+        Err(e) if e.is_not_found() => return Err(missing()),
+        Err(e) => return Err(ProcessError::PidFileUnsafe(e)),
+    };
+    let file = match target.open(OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty()) {
+        Ok(file) => file,
+        Err(e) if e.is_not_found() => return Err(missing()),
+        Err(e) => return Err(ProcessError::PidFileUnsafe(e)),
+    };
+    let read_err = |source| ProcessError::PidFileRead {
+        path: path.to_owned(),
+        source,
+    };
+    let st = nix::sys::stat::fstat(&file).map_err(|e| read_err(e.into()))?;
+    if st.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFREG.bits() {
+        return Err(ProcessError::PidFileUnsafe(PathError::NotRegular {
             path: path.to_owned(),
-        },
-        _ => ProcessError::PidFileRead {
-            path: path.to_owned(),
-            source,
-        },
-    })?;
-    let contents = String::from_utf8_lossy(&contents);
+            kind: pinned::kind_name(&st),
+        }));
+    }
+    let mut contents = Vec::new();
+    file.take(PID_FILE_LIMIT)
+        .read_to_end(&mut contents)
+        .map_err(read_err)?;
+    let pid = parse_pid(path, &contents)?;
+    Ok(PidFile {
+        pid,
+        owner: st.st_uid,
+    })
+}
+
+fn parse_pid(path: &Path, contents: &[u8]) -> Result<Pid, ProcessError> {
+    let contents = String::from_utf8_lossy(contents);
     let first = contents.lines().next().unwrap_or("").trim();
     if first.is_empty() {
         return Err(ProcessError::PidFileEmpty {
@@ -133,76 +226,97 @@ pub fn read_pid_file(path: &Path) -> Result<Pid, ProcessError> {
     Ok(Pid::from_raw(pid as i32))
 }
 
-/// The pids of running processes whose name (/proc/PID/comm) is exactly
-/// `name`, in ascending order, excluding this process. Zombies are skipped.
-///
-/// The kernel truncates names to 15 bytes; a longer `name` matches a process
-/// whose truncated name agrees and whose argv[0] or executable is `name`.
+/// What /proc says about a live (not zombie) process.
+struct Info {
+    comm: String,
+    ruid: u32,
+    euid: u32,
+    suid: u32,
+    process: Process,
+}
+
+/// Looks a process up; `None` when it is gone or a zombie.
+fn info(pid: i32) -> Option<Info> {
+    let process = Process::new(pid).ok()?;
+    let stat = process.stat().ok()?;
+    if matches!(stat.state, 'Z' | 'X' | 'x') {
+        return None;
+    }
+    let status = process.status().ok()?;
+    Some(Info {
+        comm: stat.comm,
+        ruid: status.ruid,
+        euid: status.euid,
+        suid: status.suid,
+        process,
+    })
+}
+
+impl Info {
+    /// Whether the process is named `name`: its comm, or for a name longer
+    /// than comm holds, a truncated comm plus argv[0] or the executable.
+    fn is_named(&self, name: &str) -> bool {
+        if name.len() <= COMM_LEN {
+            return self.comm == name;
+        }
+        if self.comm.as_bytes() != &name.as_bytes()[..COMM_LEN] {
+            return false;
+        }
+        let basename_is = |path: &Path| path.file_name().is_some_and(|base| base == name);
+        let argv0 = self
+            .process
+            .cmdline()
+            .ok()
+            .and_then(|c| c.into_iter().next());
+        argv0.is_some_and(|a| basename_is(Path::new(&a)))
+            || self.process.exe().is_ok_and(|exe| basename_is(&exe))
+    }
+}
+
+/// The pids of running processes whose name is exactly `name` (see
+/// [`Info::is_named`]), in ascending order, excluding this process. Zombies
+/// are skipped.
 pub fn find_by_name(name: &str) -> Vec<Pid> {
-    let Ok(entries) = fs::read_dir("/proc") else {
+    find(name).into_iter().map(|f| f.pid).collect()
+}
+
+fn find(name: &str) -> Vec<Found> {
+    let own = std::process::id() as i32;
+    let Ok(all) = procfs::process::all_processes() else {
         return Vec::new();
     };
-    let own = std::process::id();
-    let mut pids: Vec<Pid> = entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != own && pid <= i32::MAX as u32)
-        .filter(|&pid| process_is_named(pid, name))
-        .map(|pid| Pid::from_raw(pid as i32))
+    let mut found: Vec<Found> = all
+        .filter_map(Result::ok)
+        .map(|p| p.pid())
+        .filter(|&pid| pid != own)
+        .filter_map(|pid| info(pid).filter(|i| i.is_named(name)).map(|i| (pid, i)))
+        .map(|(pid, i)| Found {
+            pid: Pid::from_raw(pid),
+            uid: i.euid,
+        })
         .collect();
-    pids.sort();
-    pids
-}
-
-fn process_is_named(pid: u32, name: &str) -> bool {
-    let Some(comm) = read_comm(pid) else {
-        return false;
-    };
-    let named = if name.len() <= COMM_LEN {
-        comm == name
-    } else {
-        comm.as_bytes() == &name.as_bytes()[..COMM_LEN] && long_name_matches(pid, name)
-    };
-    named && !is_zombie(pid)
-}
-
-fn read_comm(pid: u32) -> Option<String> {
-    let comm = fs::read(format!("/proc/{pid}/comm")).ok()?;
-    let comm = comm.strip_suffix(b"\n").unwrap_or(&comm);
-    Some(String::from_utf8_lossy(comm).into_owned())
-}
-
-/// For a name longer than comm holds: compare argv[0], then the executable.
-fn long_name_matches(pid: u32, name: &str) -> bool {
-    let basename_is = |path: &Path| path.file_name().is_some_and(|base| base == name);
-    let argv0 = fs::read(format!("/proc/{pid}/cmdline"))
-        .ok()
-        .and_then(|cmdline| {
-            let first = cmdline.split(|&b| b == 0).next()?;
-            Some(PathBuf::from(String::from_utf8_lossy(first).into_owned()))
-        });
-    if argv0.as_deref().is_some_and(basename_is) {
-        return true;
-    }
-    fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| basename_is(&exe))
-}
-
-fn is_zombie(pid: u32) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return true; // gone since the scan
-    };
-    // The state follows the parenthesised name, which may itself hold ") ".
-    let state = stat
-        .rsplit_once(") ")
-        .and_then(|(_, rest)| rest.chars().next());
-    matches!(state, Some('Z' | 'X'))
+    found.sort_by_key(|f| f.pid);
+    found
 }
 
 /// Sends `signal` to the single process `pid` (never a process group).
 pub fn send_signal(pid: Pid, signal: Signal) -> Result<(), ProcessError> {
+    send_checked(pid, signal, |_| Ok(()))
+}
+
+/// Opens a pidfd on `pid`, runs `check` on what /proc says about it, then
+/// signals through the pidfd: if the process died and its pid was reused
+/// after the pidfd was opened, the signal fails instead of hitting the
+/// newcomer. Kernels without pidfds fall back to kill(2).
+fn send_checked(
+    pid: Pid,
+    signal: Signal,
+    check: impl FnOnce(Option<&Info>) -> Result<(), ProcessError>,
+) -> Result<(), ProcessError> {
     if pid.as_raw() <= 0 {
         return Err(ProcessError::InvalidPid { pid });
     }
-    kill(pid, signal).map_err(|errno| match errno {
+    let errno = |errno: Errno| match errno {
         Errno::ESRCH => ProcessError::NoSuchProcess { pid },
         Errno::EPERM => ProcessError::NotPermitted { pid, signal },
         source => ProcessError::Signal {
@@ -210,42 +324,74 @@ pub fn send_signal(pid: Pid, signal: Signal) -> Result<(), ProcessError> {
             signal,
             source,
         },
-    })
+    };
+    let raw =
+        rustix::process::Pid::from_raw(pid.as_raw()).ok_or(ProcessError::InvalidPid { pid })?;
+    let pidfd = match rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => Some(fd),
+        Err(e) if e == rustix::io::Errno::NOSYS => None,
+        Err(e) => return Err(errno(Errno::from_raw(e.raw_os_error()))),
+    };
+    let info = info(pid.as_raw());
+    check(info.as_ref())?;
+    if info.is_none() {
+        return Err(ProcessError::NoSuchProcess { pid });
+    }
+    match pidfd {
+        Some(fd) => {
+            let sig = rustix::process::Signal::from_named_raw(signal as i32)
+                .ok_or(ProcessError::InvalidPid { pid })?;
+            rustix::process::pidfd_send_signal(&fd, sig)
+                .map_err(|e| errno(Errno::from_raw(e.raw_os_error())))
+        }
+        None => kill(pid, signal).map_err(errno),
+    }
 }
 
-/// Resolves the daemon (the pid in `pid_file`, else every process named
-/// `process_name`) and sends it `signal`; returns the pids signalled.
+/// Resolves the daemon (the pid in `pid_file`, else the one process named
+/// `process_name`) and sends it `signal`; returns the pid signalled.
 ///
-/// With both set, the pid file decides and the name guards against a stale
-/// pid file whose pid now belongs to another program.
+/// With a pid file, the process must be one the file's owner could signal
+/// (its real or saved uid is the owner's), unless root or confera's user
+/// owns the file; with `process_name` too, the name guards against a stale
+/// pid file whose pid now belongs to another program. By name alone, the
+/// name must match exactly one process, and it must run as root, as
+/// confera's user or as `daemon_user` (the owner of the daemon's file).
 pub fn signal_daemon(
     pid_file: Option<&Path>,
     process_name: Option<&str>,
     signal: Signal,
+    daemon_user: Option<u32>,
 ) -> Result<Vec<Pid>, ProcessError> {
     if let Some(path) = pid_file {
-        let pid = read_pid_file(path)?;
+        let PidFile { pid, owner } = read_pid_file(path)?;
         let stale = || ProcessError::PidFileStale {
             path: path.to_owned(),
             pid,
         };
-        if let Some(expected) = process_name {
-            let raw = pid.as_raw() as u32;
-            match read_comm(raw) {
-                None => return Err(stale()),
-                Some(_) if process_is_named(raw, expected) => {}
-                Some(_) if is_zombie(raw) => return Err(stale()),
-                Some(found) => {
-                    return Err(ProcessError::PidFileMismatch {
-                        path: path.to_owned(),
-                        pid,
-                        expected: expected.to_owned(),
-                        found,
-                    })
-                }
+        let checked = send_checked(pid, signal, |info| {
+            let Some(info) = info else {
+                return Err(stale());
+            };
+            if !pinned::is_trusted_owner(owner) && info.ruid != owner && info.suid != owner {
+                return Err(ProcessError::PidFileForeign {
+                    path: path.to_owned(),
+                    pid,
+                    owner: pinned::user_name(owner),
+                    runs_as: pinned::user_name(info.euid),
+                });
             }
-        }
-        return match send_signal(pid, signal) {
+            match process_name {
+                Some(expected) if !info.is_named(expected) => Err(ProcessError::PidFileMismatch {
+                    path: path.to_owned(),
+                    pid,
+                    expected: expected.to_owned(),
+                    found: info.comm.clone(),
+                }),
+                _ => Ok(()),
+            }
+        });
+        return match checked {
             Err(ProcessError::NoSuchProcess { .. }) => Err(stale()),
             other => other.map(|()| vec![pid]),
         };
@@ -254,29 +400,58 @@ pub fn signal_daemon(
     let Some(name) = process_name else {
         return Err(ProcessError::NoTarget);
     };
-    let mut signalled = Vec::new();
-    for pid in find_by_name(name) {
-        match send_signal(pid, signal) {
-            Ok(()) => signalled.push(pid),
-            // It exited between the scan and the signal.
-            Err(ProcessError::NoSuchProcess { .. }) => {}
-            Err(e) => return Err(e),
+    let found = find(name);
+    let one = match found.as_slice() {
+        [] => {
+            return Err(ProcessError::NoProcessNamed {
+                name: name.to_owned(),
+            })
         }
+        [one] => *one,
+        _ => {
+            return Err(ProcessError::SeveralNamed {
+                name: name.to_owned(),
+                found,
+            })
+        }
+    };
+    let mut expected = vec![0, nix::unistd::geteuid().as_raw()];
+    expected.extend(daemon_user);
+    expected.dedup();
+    let unexpected = || ProcessError::UnexpectedUser {
+        name: name.to_owned(),
+        found: one,
+        expected: expected.clone(),
+    };
+    if !expected.contains(&one.uid) {
+        return Err(unexpected());
     }
-    if signalled.is_empty() {
-        return Err(ProcessError::NoProcessNamed {
+    let checked = send_checked(one.pid, signal, |info| match info {
+        // The pid was reused since the scan: not the process we judged.
+        Some(info) if !info.is_named(name) || info.euid != one.uid => {
+            Err(ProcessError::NoSuchProcess { pid: one.pid })
+        }
+        _ => Ok(()),
+    });
+    match checked {
+        Err(ProcessError::NoSuchProcess { .. }) => Err(ProcessError::NoProcessNamed {
             name: name.to_owned(),
-        });
+        }),
+        other => other.map(|()| vec![one.pid]),
     }
-    Ok(signalled)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::process::ExitStatusExt;
     use std::time::Duration;
     use tokio::process::{Child, Command};
+
+    fn read_comm(pid: u32) -> Option<String> {
+        Some(Process::new(pid as i32).ok()?.stat().ok()?.comm)
+    }
 
     #[test]
     fn parse_signal_accepts_full_short_lowercase_and_numeric_names() {
@@ -318,7 +493,7 @@ mod tests {
     fn read_pid_file_reads_the_first_line() {
         for contents in ["1234\n", "1234", "  1234  \n", "1234\nextra\n"] {
             let (_dir, path) = pid_file_with(contents);
-            assert_eq!(read_pid_file(&path).unwrap(), Pid::from_raw(1234));
+            assert_eq!(read_pid_file(&path).unwrap().pid, Pid::from_raw(1234));
         }
     }
 
@@ -433,7 +608,7 @@ mod tests {
         let (mut child, pid) = spawn(Path::new("sleep"));
         let (_dir, path) = pid_file_with(&format!("{pid}\n"));
 
-        let signalled = signal_daemon(Some(&path), None, Signal::SIGTERM).unwrap();
+        let signalled = signal_daemon(Some(&path), None, Signal::SIGTERM, None).unwrap();
 
         assert_eq!(signalled, vec![pid]);
         assert_eq!(exit_signal(&mut child).await, Some(Signal::SIGTERM as i32));
@@ -444,7 +619,7 @@ mod tests {
         let pid = dead_pid().await;
         let (_dir, path) = pid_file_with(&format!("{pid}\n"));
 
-        let err = signal_daemon(Some(&path), None, Signal::SIGHUP).unwrap_err();
+        let err = signal_daemon(Some(&path), None, Signal::SIGHUP, None).unwrap_err();
 
         assert!(matches!(err, ProcessError::PidFileStale { .. }), "{err:?}");
         assert!(
@@ -467,29 +642,45 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn signal_daemon_signals_every_process_with_the_name() {
+    async fn a_name_matching_several_processes_is_a_failure_and_none_is_signalled() {
         let dir = tempfile::tempdir().unwrap();
         let name = format!("cfs-{}", std::process::id());
         let program = unique_sleep(dir.path(), &name);
         let (mut first, first_pid) = spawn(&program);
         let (mut second, second_pid) = spawn(&program);
 
-        assert_eq!(find_by_name(&name), {
-            let mut both = vec![first_pid, second_pid];
-            both.sort();
-            both
-        });
-        let mut signalled = signal_daemon(None, Some(&name), Signal::SIGTERM).unwrap();
-        signalled.sort();
+        let mut both = vec![first_pid, second_pid];
+        both.sort();
+        assert_eq!(find_by_name(&name), both);
+        let err = signal_daemon(None, Some(&name), Signal::SIGTERM, None).unwrap_err();
 
-        assert_eq!(signalled.len(), 2);
-        assert_eq!(exit_signal(&mut first).await, Some(Signal::SIGTERM as i32));
-        assert_eq!(exit_signal(&mut second).await, Some(Signal::SIGTERM as i32));
+        let me = pinned::user_name(nix::unistd::geteuid().as_raw());
+        assert!(
+            err.to_string().starts_with(&format!(
+                "process_name `{name}` matches 2 processes (pid {} of {me}, pid {} of {me}): refusing to guess",
+                both[0], both[1]
+            )),
+            "{err}"
+        );
+        assert_eq!(first.try_wait().unwrap(), None, "not signalled");
+        assert_eq!(second.try_wait().unwrap(), None, "not signalled");
+    }
+
+    #[tokio::test]
+    async fn a_name_matching_one_process_of_root_signals_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = format!("cfo-{}", std::process::id());
+        let (mut child, pid) = spawn(&unique_sleep(dir.path(), &name));
+
+        let signalled = signal_daemon(None, Some(&name), Signal::SIGTERM, None).unwrap();
+
+        assert_eq!(signalled, vec![pid]);
+        assert_eq!(exit_signal(&mut child).await, Some(Signal::SIGTERM as i32));
     }
 
     #[test]
     fn signal_daemon_reports_no_process_with_the_name() {
-        let err = signal_daemon(None, Some("confera-nope"), Signal::SIGHUP).unwrap_err();
+        let err = signal_daemon(None, Some("confera-nope"), Signal::SIGHUP, None).unwrap_err();
         assert_eq!(
             err.to_string().split(':').next().unwrap(),
             "no process named `confera-nope` is running"
@@ -498,7 +689,7 @@ mod tests {
 
     #[test]
     fn signal_daemon_without_a_target_is_an_error() {
-        let err = signal_daemon(None, None, Signal::SIGHUP).unwrap_err();
+        let err = signal_daemon(None, None, Signal::SIGHUP, None).unwrap_err();
         assert!(matches!(err, ProcessError::NoTarget), "{err:?}");
     }
 
@@ -523,7 +714,7 @@ mod tests {
         let (mut child, pid) = spawn(Path::new("sleep"));
         let (_dir, path) = pid_file_with(&format!("{pid}\n"));
 
-        let err = signal_daemon(Some(&path), Some("bird"), Signal::SIGTERM).unwrap_err();
+        let err = signal_daemon(Some(&path), Some("bird"), Signal::SIGTERM, None).unwrap_err();
 
         assert!(
             err.to_string().starts_with(&format!(

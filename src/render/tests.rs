@@ -26,6 +26,7 @@ fn template_with(src: &str, prefix: &str, keys: &[&str], output: Output) -> Temp
         secrets: Default::default(),
         allow_env: false,
         output,
+        follow_symlink: false,
     }
 }
 

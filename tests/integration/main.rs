@@ -3,6 +3,7 @@
 
 mod support;
 
+mod audit;
 mod bird_e2e;
 mod bird_socket;
 mod confd_compat;
@@ -16,5 +17,7 @@ mod injection;
 mod migration;
 mod onetime;
 mod operations;
+mod pid_files;
 mod security;
+mod symlinks;
 mod watch;

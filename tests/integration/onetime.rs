@@ -311,8 +311,9 @@ fn reload_cmd_runs_after_the_commit_with_dest_expanded() {
     assert_eq!(conf.read("reloaded"), "v = 1\n");
 }
 
-// `process_name` targeting is covered by src/process.rs's unit tests
-// (signal_daemon_signals_every_process_with_the_name and friends).
+// `process_name` targeting is covered by src/reload/process.rs's unit tests
+// (a_name_matching_one_process_of_root_signals_it and friends) and, with a
+// throwaway user, by tests/integration/pid_files.rs.
 
 // --- template sets -------------------------------------------------------------
 
@@ -514,8 +515,11 @@ fn sync_only_writes_but_runs_no_check_and_sends_no_signal() {
     assert_eq!(daemon.hups(), 0);
 }
 
+/// With `follow_symlink = true`, a link root made (in a directory only root
+/// can write) is followed. Without it the link is refused: see
+/// `symlinks::a_link_the_directory_owner_plants_at_dest_is_refused_…`.
 #[test]
-fn a_symlinked_destination_stays_a_symlink_and_its_target_is_replaced() {
+fn with_follow_symlink_a_symlinked_destination_stays_a_symlink_and_its_target_is_replaced() {
     let conf = ConfDir::new();
     conf.file("data.yaml", "app:\n  v: new\n");
     resource(
@@ -523,7 +527,7 @@ fn a_symlinked_destination_stays_a_symlink_and_its_target_is_replaced() {
         "app",
         "{{ getv(key=\"/app/v\") }}\n",
         r#"["/app"]"#,
-        "",
+        "follow_symlink = true\n",
     );
     conf.file("real/target.conf", "OLD\n");
     let link = conf.path().join("out/app.conf");

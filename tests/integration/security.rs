@@ -576,8 +576,11 @@ fn an_existing_destination_keeps_its_mode_and_owner_unless_the_resource_sets_the
     );
 }
 
+/// Links are refused by default, even root's; `follow_symlink = true`
+/// follows a link root owns in a directory only root can write. What a
+/// local user can plant is in `symlinks`.
 #[test]
-fn a_symlinked_destination_is_followed_and_the_link_kept() {
+fn a_symlinked_destination_is_refused_unless_follow_symlink_and_then_the_link_is_kept() {
     let dir = ConfDir::new();
     dir.template("app.tera", "new\n");
     let target = dir.dest("real/app.conf");
@@ -587,6 +590,18 @@ fn a_symlinked_destination_is_followed_and_the_link_kept() {
     std::os::unix::fs::symlink("../real/app.conf", &link).unwrap();
     dir.resource("app", &unit_toml("app.tera", &link, ""));
 
+    run(&["--confdir", dir.arg(), "--backend", "env", "--onetime"])
+        .assert_code(1)
+        .assert_stderr_contains(&format!(
+            "{} is a symbolic link to ../real/app.conf: refusing to write through it",
+            link.display()
+        ));
+    assert_eq!(fs::read_to_string(&target).unwrap(), "old\n");
+
+    dir.resource(
+        "app",
+        &unit_toml("app.tera", &link, "follow_symlink = true\n"),
+    );
     run(&["--confdir", dir.arg(), "--backend", "env", "--onetime"]).assert_success();
 
     assert_eq!(
@@ -600,17 +615,20 @@ fn a_symlinked_destination_is_followed_and_the_link_kept() {
     assert!(stage_dirs(&dir.path().join("etc")).is_empty());
 }
 
-/// DESIGN.md: "A symlinked destination is followed to its target, not
-/// replaced by a file." A link whose target does not exist yet (a fresh
-/// install pointing /etc/x.conf into a config volume) is followed too.
+/// With `follow_symlink = true`, root's link whose target does not exist
+/// yet (a fresh install pointing /etc/x.conf into a config volume) is
+/// followed too, and the target created.
 #[test]
-fn a_dangling_symlink_destination_creates_its_target_and_keeps_the_link() {
+fn with_follow_symlink_a_dangling_admin_link_creates_its_target_and_keeps_the_link() {
     let dir = ConfDir::new();
     dir.template("app.tera", "new\n");
     let target = dir.dest("real/app.conf");
     let link = dir.dest("etc/app.conf");
     std::os::unix::fs::symlink(&target, &link).unwrap();
-    dir.resource("app", &unit_toml("app.tera", &link, ""));
+    dir.resource(
+        "app",
+        &unit_toml("app.tera", &link, "follow_symlink = true\n"),
+    );
 
     let run = run(&["--confdir", dir.arg(), "--backend", "env", "--onetime"]);
 

@@ -108,3 +108,14 @@ impl Default for ConfDir {
         ConfDir::new()
     }
 }
+
+/// The names of confera's staging entries (`.confera-stage-*`) in DIR.
+pub fn stage_entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".confera-stage-"))
+        .collect();
+    names.sort();
+    names
+}
