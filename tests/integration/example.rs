@@ -348,7 +348,7 @@ fn a_hostile_value_anywhere_fails_the_render_and_never_reaches_birds_files() {
     let nodename = Some(PAYLOAD.replace("\\n", "\n"));
     // What is hostile, NODENAME if any, the extra data, and what the error
     // says.
-    let cases: [(&str, Option<String>, String, &str); 14] = [
+    let cases: [(&str, Option<String>, String, &str); 15] = [
         (
             "NODENAME",
             nodename,
@@ -435,6 +435,12 @@ fn a_hostile_value_anywhere_fails_the_render_and_never_reaches_birds_files() {
                 r#"fabric: {global: {mesh: "off"}, nodes: {node-a: {rr_cluster_id: "@PAYLOAD@"}}}"#,
             ),
             "(value of key `/nodes/node-a/rr_cluster_id`)",
+        ),
+        (
+            "an import limit action",
+            None,
+            yaml(r#"fabric: {global: {import: {limit_action: "@PAYLOAD@"}}}"#),
+            "/global/import/limit_action must be one of disable, restart, block, warn",
         ),
         (
             "an AS number",
