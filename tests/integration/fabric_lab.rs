@@ -495,14 +495,20 @@ fn a_mesh_with_a_switch_learns_exactly_each_nodes_blocks_and_filters_the_rest() 
     assert!(unused.starts_with("blackhole 10.244.1.0/26 "), "{unused}");
 
     // BFD watches every node session.
-    let bfd = fabric.birdc("node-a", "show bfd sessions");
-    for neighbor in ["10.0.0.12", "10.0.0.9", "fd00:0:0:1::12", "fd00:0:0:1::14"] {
-        assert!(
+    let neighbors = ["10.0.0.12", "10.0.0.9", "fd00:0:0:1::12", "fd00:0:0:1::14"];
+    let all_up = |bfd: &str| {
+        neighbors.iter().all(|n| {
             bfd.lines()
-                .any(|l| l.starts_with(&format!("{neighbor} ")) && l.contains(" Up ")),
-            "no BFD session up with {neighbor}\n{bfd}"
-        );
-    }
+                .any(|l| l.starts_with(&format!("{n} ")) && l.contains(" Up "))
+        })
+    };
+    assert!(
+        wait_until(CONVERGE, || all_up(
+            &fabric.birdc("node-a", "show bfd sessions")
+        )),
+        "BFD is not up with all of {neighbors:?}\n{}",
+        fabric.birdc("node-a", "show bfd sessions")
+    );
 }
 
 // ----- route reflection -----
