@@ -11,6 +11,7 @@ mod corpus;
 mod crash;
 mod drift;
 mod example;
+mod fabric_lab;
 mod faults;
 mod fixtures_selftest;
 mod injection;

@@ -2,7 +2,10 @@
 //! and log, stopped by pid on Drop.
 //!
 //! Fixture configs never contain `protocol kernel`: nothing is exported into
-//! the host's routing tables, and nothing listens beyond loopback.
+//! the host's routing tables, and nothing listens beyond loopback. The one
+//! exception is a BIRD started in a network namespace the test created
+//! itself ([`Bird::in_netns`], the fabric lab), whose kernel tables are the
+//! namespace's own.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -46,6 +49,17 @@ impl Bird {
     /// Start BIRD on an existing config file, so that its includes resolve
     /// relative to it. The `log` line is prepended to the file if missing.
     pub fn with_config_path(dir: TempDir, config: PathBuf) -> Bird {
+        Bird::spawn(dir, config, None)
+    }
+
+    /// Like [`Bird::with_config_path`], but BIRD runs in the network
+    /// namespace `netns` (`ip netns exec`, which execs BIRD in place, so the
+    /// child's pid is BIRD's). The control socket stays in `dir`.
+    pub fn in_netns(netns: &str, dir: TempDir, config: PathBuf) -> Bird {
+        Bird::spawn(dir, config, Some(netns))
+    }
+
+    fn spawn(dir: TempDir, config: PathBuf, netns: Option<&str>) -> Bird {
         let text = fs::read_to_string(&config)
             .unwrap_or_else(|e| panic!("read {}: {e}", config.display()));
         if !text.contains(&log_line(dir.path())) {
@@ -55,7 +69,15 @@ impl Bird {
         let pid_file = dir.path().join("bird.pid");
         let log = dir.path().join("bird.log");
         let output = fs::File::create(dir.path().join("bird.out")).expect("create bird.out");
-        let child = Command::new("bird")
+        let mut command = match netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns, "bird"]);
+                command
+            }
+            None => Command::new("bird"),
+        };
+        let child = command
             .arg("-f")
             .arg("-c")
             .arg(&config)

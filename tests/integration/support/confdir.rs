@@ -1,10 +1,12 @@
 //! A temp confdir: `conf.d/` and `templates/` under a fresh temp dir, plus any
-//! other file a test needs there (data files, destinations).
+//! other file a test needs there (data files, destinations); and copies of
+//! files from the repository itself (the bundled examples).
 //!
 //! Writers take `&self` and return `&Self`, so a test can chain them at set-up
 //! and call them again later to change the configuration under a running
 //! confera. Everything is removed on Drop.
 
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
@@ -118,4 +120,36 @@ pub fn stage_entries(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// The repository root: the README's commands run from here.
+pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Copies each of `entries` (files or directories, relative to the
+/// repository root) into a fresh temp dir, at the same relative paths.
+pub fn copy_of_repo(entries: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("confera-example-")
+        .tempdir()
+        .expect("create a temp dir for the example");
+    for entry in entries {
+        copy_recursively(&Path::new(REPO).join(entry), &dir.path().join(entry));
+    }
+    dir
+}
+
+pub fn copy_recursively(from: &Path, to: &Path) {
+    if from.is_dir() {
+        fs::create_dir_all(to).unwrap_or_else(|e| panic!("create {}: {e}", to.display()));
+        for entry in fs::read_dir(from).unwrap_or_else(|e| panic!("list {}: {e}", from.display())) {
+            let entry = entry.expect("read a directory entry");
+            copy_recursively(&entry.path(), &to.join(entry.file_name()));
+        }
+    } else {
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent).unwrap();
+        }
+        fs::copy(from, to)
+            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+    }
 }

@@ -11,4 +11,5 @@ pub mod cmd;
 pub mod confdir;
 pub mod daemon;
 pub mod etcd;
+pub mod netns;
 pub mod user;
