@@ -2,7 +2,9 @@
 //! and log, stopped by pid on Drop.
 //!
 //! Fixture configs never contain `protocol kernel`: nothing is exported into
-//! the host's routing tables, and nothing listens beyond loopback.
+//! the host's routing tables, and nothing listens beyond loopback. A config
+//! that does (a real deployment's) runs only in a network namespace of the
+//! test's own ([`Bird::with_config_path_in_netns`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,7 @@ use nix::unistd::Pid;
 use tempfile::TempDir;
 
 use super::cmd::wait_until;
+use super::netns::Netns;
 
 const START_DEADLINE: Duration = Duration::from_secs(10);
 const WAIT_DEADLINE: Duration = Duration::from_secs(5);
@@ -46,6 +49,18 @@ impl Bird {
     /// Start BIRD on an existing config file, so that its includes resolve
     /// relative to it. The `log` line is prepended to the file if missing.
     pub fn with_config_path(dir: TempDir, config: PathBuf) -> Bird {
+        Bird::spawn(dir, config, None)
+    }
+
+    /// Like [`Bird::with_config_path`], with BIRD in the network namespace
+    /// NETNS (`ip netns exec`, which execs BIRD under its own pid): its
+    /// kernel protocol programs that namespace's tables, never the host's.
+    /// The control socket is a file, reachable from the test as usual.
+    pub fn with_config_path_in_netns(dir: TempDir, config: PathBuf, netns: &Netns) -> Bird {
+        Bird::spawn(dir, config, Some(netns))
+    }
+
+    fn spawn(dir: TempDir, config: PathBuf, netns: Option<&Netns>) -> Bird {
         let text = fs::read_to_string(&config)
             .unwrap_or_else(|e| panic!("read {}: {e}", config.display()));
         if !text.contains(&log_line(dir.path())) {
@@ -55,7 +70,15 @@ impl Bird {
         let pid_file = dir.path().join("bird.pid");
         let log = dir.path().join("bird.log");
         let output = fs::File::create(dir.path().join("bird.out")).expect("create bird.out");
-        let child = Command::new("bird")
+        let mut cmd = match netns {
+            Some(netns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", netns.name(), "bird"]);
+                cmd
+            }
+            None => Command::new("bird"),
+        };
+        let child = cmd
             .arg("-f")
             .arg("-c")
             .arg(&config)
