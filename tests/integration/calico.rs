@@ -300,6 +300,7 @@ fn hostile_calico_values_are_refused_and_nothing_is_committed() {
         }
         assert!(!out.stderr.contains("committed dest="), "{out}");
         assert_eq!(snapshot(&dir), before, "out/ changed after {key:?}");
+        assert_golden(&dir, "node-a"); // and no staging directory is left
         if key == peer_key {
             etcd.put(key, &peer);
         } else {
