@@ -6,6 +6,7 @@ mod support;
 mod audit;
 mod bird_e2e;
 mod bird_socket;
+mod calico;
 mod confd_compat;
 mod corpus;
 mod crash;

@@ -27,6 +27,20 @@ impl ConfDir {
         ConfDir { dir }
     }
 
+    /// Copies the file or directory `from` (in the repository, say) to
+    /// RELPATH under the confdir, so that a test renders a copy and never
+    /// touches the original.
+    pub fn copy_in(&self, from: &Path, relpath: &str) -> &Self {
+        let to = self.dir.path().join(relpath);
+        if from.is_dir() {
+            copy_tree(from, &to);
+        } else {
+            std::fs::copy(from, self.dest(relpath))
+                .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+        }
+        self
+    }
+
     /// Writes `templates/NAME`.
     pub fn template(&self, name: &str, text: &str) -> &Self {
         self.file(&format!("templates/{name}"), text)
@@ -102,6 +116,23 @@ impl ConfDir {
         std::fs::create_dir_all(parent)
             .unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
         path
+    }
+}
+
+/// Copies the files under `from` into `to`, creating directories.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("create {}: {e}", to.display()));
+    let entries =
+        std::fs::read_dir(from).unwrap_or_else(|e| panic!("list {}: {e}", from.display()));
+    for entry in entries {
+        let entry = entry.expect("read a directory entry");
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if src.is_dir() {
+            copy_tree(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst)
+                .unwrap_or_else(|e| panic!("copy {} to {}: {e}", src.display(), dst.display()));
+        }
     }
 }
 

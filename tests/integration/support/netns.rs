@@ -7,9 +7,13 @@
 //! are stopped by pid first, then every namespace the lab created is
 //! deleted, which takes its links and routes with it; this also runs when
 //! the test fails. Needs root (CI runs as root).
+//!
+//! [`Netns`] is a single namespace of the test's own, for one daemon whose
+//! config touches routing tables (a real deployment's `protocol kernel`).
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tempfile::TempDir;
 
@@ -163,4 +167,41 @@ fn run_ok(command: &mut Command) -> Output {
         String::from_utf8_lossy(&output.stderr)
     );
     output
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// One namespace with a unique name and its loopback up, deleted on Drop.
+/// Stop the processes in it before it drops: declare it before them.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    pub fn create() -> Netns {
+        let name = format!(
+            "confera-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        // Owned first, so that Drop deletes it even if bringing lo up fails.
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        let netns = Netns { name };
+        run_ok(Command::new("ip").args(["-n", &netns.name, "link", "set", "lo", "up"]));
+        netns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }
