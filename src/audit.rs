@@ -14,7 +14,7 @@ pub fn audit(config: &Config) -> RunStatus {
                 .iter()
                 .map(|k| crate::store::relative_key(&t.prefix, k))
                 .collect();
-            println!(
+            crate::cli::print_line(format_args!(
                 "{}: {} -> {} (prefix {}, keys {})",
                 unit.name,
                 t.src,
@@ -25,7 +25,7 @@ pub fn audit(config: &Config) -> RunStatus {
                 } else {
                     keys.join(", ")
                 }
-            );
+            ));
         }
     }
     RunStatus::Success

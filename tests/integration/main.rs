@@ -5,6 +5,7 @@ mod support;
 
 mod bird_e2e;
 mod bird_socket;
+mod cli;
 mod corpus;
 mod crash;
 mod drift;
