@@ -16,4 +16,5 @@ mod migration;
 mod onetime;
 mod operations;
 mod security;
+mod walkthrough;
 mod watch;
