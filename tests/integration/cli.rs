@@ -46,6 +46,8 @@ fn watching(dir: &ConfDir) -> Vec<String> {
     let args = [
         "--confdir",
         dir.arg(),
+        "--backend",
+        "file",
         "--file",
         &data,
         "--watch",
@@ -156,7 +158,7 @@ fn a_confd_toml_key_confera_does_not_support_is_an_error_naming_the_key_and_the_
     );
     let path = dir.path().join("confd.toml");
 
-    let out = run(&["--confdir", dir.arg(), "--onetime"]);
+    let out = run(&["--config-file", path.to_str().unwrap(), "--onetime"]);
 
     out.assert_code(2)
         .assert_stderr_contains(&path.display().to_string())
@@ -181,6 +183,8 @@ fn run_with_a_failing_unit(extra: &[&str]) -> Run {
         "--confdir",
         dir.arg(),
         "--onetime",
+        "--backend",
+        "file",
         "--file",
         data.to_str().unwrap(),
     ];
@@ -288,7 +292,15 @@ fn durations_too_long_for_the_clock_are_exit_2_naming_the_setting_not_a_panic() 
     let dir = app("/");
     let data = dir.path().join("data.yaml");
     let data = data.to_str().unwrap();
-    let watch = ["--confdir", dir.arg(), "--watch", "--file", data];
+    let watch = [
+        "--confdir",
+        dir.arg(),
+        "--watch",
+        "--backend",
+        "file",
+        "--file",
+        data,
+    ];
 
     let out = run(&[&watch[..], &["--interval", "18446744073709551615"]].concat());
     out.assert_code(2)
@@ -355,6 +367,8 @@ fn a_closed_output_pipe_does_not_stop_a_run_or_its_commit() {
         "--confdir",
         dir.arg(),
         "--onetime",
+        "--backend",
+        "file",
         "--file",
         data.to_str().unwrap(),
     ];
@@ -419,6 +433,8 @@ fn a_toml_error_is_one_json_event_with_its_caret_block_in_one_field() {
         "--confdir",
         dir.arg(),
         "--onetime",
+        "--backend",
+        "file",
         "--file",
         data.to_str().unwrap(),
         "--log-format",
