@@ -40,21 +40,21 @@ fn app(prefix: &str) -> ConfDir {
     dir
 }
 
-/// `--confdir DIR --watch` on DIR's `data.yaml`, with a short debounce.
-fn watching(dir: &ConfDir) -> Vec<String> {
+/// `--confdir DIR MODE...` with the file backend on DIR's `data.yaml`.
+fn on_data(dir: &ConfDir, mode: &[&str]) -> Vec<String> {
     let data = dir.path().join("data.yaml").display().to_string();
-    let args = [
-        "--confdir",
-        dir.arg(),
-        "--backend",
-        "file",
-        "--file",
-        &data,
-        "--watch",
-        "--wait",
-        "20ms:200ms",
-    ];
-    args.map(String::from).to_vec()
+    let args = ["--confdir", dir.arg(), "--backend", "file", "--file", &data];
+    args.iter().chain(mode).map(|a| a.to_string()).collect()
+}
+
+/// `--onetime` on DIR's `data.yaml`.
+fn onetime(dir: &ConfDir) -> Vec<String> {
+    on_data(dir, &["--onetime"])
+}
+
+/// `--watch` on DIR's `data.yaml`, with a short debounce.
+fn watching(dir: &ConfDir) -> Vec<String> {
+    on_data(dir, &["--watch", "--wait", "20ms:200ms"])
 }
 
 fn strs(args: &[String]) -> Vec<&str> {
@@ -178,18 +178,8 @@ fn run_with_a_failing_unit(extra: &[&str]) -> Run {
             "broken",
             "[template]\nsrc = \"broken.tera\"\ndest = \"out/broken.conf\"\nkeys = [\"/app\"]\n",
         );
-    let data = dir.path().join("data.yaml");
-    let mut args = vec![
-        "--confdir",
-        dir.arg(),
-        "--onetime",
-        "--backend",
-        "file",
-        "--file",
-        data.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    run(&args)
+    let args = onetime(&dir);
+    run(&[&strs(&args)[..], extra].concat())
 }
 
 #[test]
@@ -362,16 +352,8 @@ fn run_into_a_closed_pipe(args: &[&str]) -> i32 {
 #[test]
 fn a_closed_output_pipe_does_not_stop_a_run_or_its_commit() {
     let dir = app("/");
-    let data = dir.path().join("data.yaml");
-    let onetime = [
-        "--confdir",
-        dir.arg(),
-        "--onetime",
-        "--backend",
-        "file",
-        "--file",
-        data.to_str().unwrap(),
-    ];
+    let args = onetime(&dir);
+    let onetime = strs(&args);
 
     let code = run_into_a_closed_pipe(&[&onetime[..], &["--log-level", "debug"]].concat());
     assert_eq!(code, 0);
@@ -427,19 +409,9 @@ const BROKEN_RESOURCE: &str =
 fn a_toml_error_is_one_json_event_with_its_caret_block_in_one_field() {
     let dir = app("/");
     dir.resource("app", BROKEN_RESOURCE);
-    let data = dir.path().join("data.yaml");
+    let args = onetime(&dir);
 
-    let out = run(&[
-        "--confdir",
-        dir.arg(),
-        "--onetime",
-        "--backend",
-        "file",
-        "--file",
-        data.to_str().unwrap(),
-        "--log-format",
-        "json",
-    ]);
+    let out = run(&[&strs(&args)[..], &["--log-format", "json"]].concat());
 
     out.assert_code(2);
     let events: Vec<Value> = out
