@@ -61,7 +61,7 @@ pub fn audit(config: &Config) -> RunStatus {
                 .iter()
                 .map(|k| crate::store::relative_key(&t.prefix, k))
                 .collect();
-            println!(
+            crate::cli::print_line(format_args!(
                 "{}: {} -> {} (prefix {}, keys {})",
                 unit.name,
                 t.src,
@@ -72,7 +72,7 @@ pub fn audit(config: &Config) -> RunStatus {
                 } else {
                     keys.join(", ")
                 }
-            );
+            ));
         }
     }
     let findings: Vec<Finding> = config.units.iter().flat_map(host_findings).collect();

@@ -1,9 +1,20 @@
 //! Human-friendly durations (`100ms`, `2s`, `1m`, `1h`) as used in resource
-//! files and on the command line.
+//! files and on the command line. Every duration a user can set is parsed
+//! here or checked against [`MAX_SECS`], so none can overflow the clock
+//! arithmetic (`Instant + Duration`) that uses it later.
 
 use std::time::Duration;
 
+/// The longest duration any setting accepts: 365 days. Far beyond any
+/// sensible timeout, debounce or polling period, and far below what makes
+/// `Instant + Duration` (or a tokio timer) overflow.
+pub const MAX_SECS: u64 = 365 * 24 * 3600;
+
+/// [`MAX_SECS`] as a [`Duration`].
+pub const MAX: Duration = Duration::from_secs(MAX_SECS);
+
 /// Parses `250ms`, `2s`, `1.5s`, `3m`, `1h`; a bare number means seconds.
+/// Anything longer than [`MAX`] is an error naming the text.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -24,7 +35,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ))
         }
     };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is not a valid duration"))
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(d) if d <= MAX => Ok(d),
+        _ => Err(format!(
+            "`{text}` is longer than the longest duration allowed, 365 days"
+        )),
+    }
 }
 
 /// A debounce window: render after `min` of quiet, at the latest `max` after
@@ -74,6 +90,17 @@ mod tests {
         assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn durations_beyond_a_year_are_refused_naming_the_text() {
+        assert_eq!(parse_duration("8760h"), Ok(MAX));
+        let e = parse_duration("8761h").unwrap_err();
+        assert!(e.contains("`8761h`") && e.contains("365 days"), "{e}");
+        let e = parse_duration("18446744073709551615").unwrap_err();
+        assert!(e.contains("365 days"), "{e}");
+        let e = "1s:18446744073709551615s".parse::<Wait>().unwrap_err();
+        assert!(e.contains("18446744073709551615s"), "{e}");
     }
 
     #[test]

@@ -1,18 +1,24 @@
+//! The binary: parse the command line, resolve the settings, set up logging,
+//! run, and map the outcome to an exit code (0 ok, 1 a resource failed, 2 a
+//! configuration error). It writes nothing itself but a fatal error.
+
 use std::process::ExitCode;
 
-use clap::Parser;
-use confera::{cli::Cli, error::ConfigError, settings::Settings, RunStatus};
+use confera::{cli::Cli, error::ConfigError, logging, settings::Settings, RunStatus};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args(std::env::args_os());
     if let Some(code) = confera::cli::generate(&cli) {
         return code;
     }
     let settings = match Settings::from_cli(&cli) {
         Ok(settings) => settings,
-        Err(e) => return fatal(&e),
+        // The settings file may be what failed: only the command line can
+        // say which log format to use.
+        Err(e) => return fatal(cli.logging.log_format.unwrap_or_default(), &e),
     };
-    confera::logging::init(&settings.log_level, settings.log_format);
+    logging::init(&settings.log_level, settings.log_format);
+    let format = settings.log_format;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -25,11 +31,11 @@ fn main() -> ExitCode {
     match runtime.block_on(confera::run(&cli, settings, shutdown)) {
         Ok(RunStatus::Success) => ExitCode::SUCCESS,
         Ok(RunStatus::Failed) => ExitCode::from(1),
-        Err(e) => fatal(&e),
+        Err(e) => fatal(format, &e),
     }
 }
 
-fn fatal(e: &ConfigError) -> ExitCode {
-    eprintln!("confera: {e}");
+fn fatal(format: confera::cli::LogFormat, e: &ConfigError) -> ExitCode {
+    logging::fatal(format, e);
     ExitCode::from(2)
 }

@@ -1,13 +1,18 @@
-//! Settings: the command line, `CONFERA_*` variables, the settings file and
-//! the defaults, resolved in that order of precedence into one [`Settings`].
+//! Settings: the command line, `CONFERA_*` variables, the settings file
+//! (`confera.toml`, or confd's `confd.toml` as it is) and the defaults,
+//! resolved in that order of precedence into one [`Settings`]. Every value
+//! is checked here (ranges, levels, which backend a setting belongs to), so
+//! a bad one ends the run before anything starts, naming where it came from.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 
-use crate::cli::{Backend, Cli, LogFormat};
-use crate::duration::Wait;
+use crate::cli::{Backend, Cli, Given, LogFormat};
+use crate::duration::{Wait, MAX_SECS};
 use crate::error::ConfigError;
 use crate::pipeline::Options;
 
@@ -76,13 +81,20 @@ impl std::fmt::Debug for Settings {
     }
 }
 
-/// The settings file, `confera.toml`. Unknown keys are errors.
+/// The settings file: `confera.toml`, or confd's `confd.toml` as it is.
+///
+/// One format serves both: confd's spellings (`log-level`, `sync-only`,
+/// `client_cakeys`, `file`) are accepted beside confera's, and confd's
+/// `basic_auth` and `scheme` are understood. Unknown keys are errors, and a
+/// confd key confera does not support is refused with the reason
+/// ([`UNSUPPORTED_CONFD_KEYS`]).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSettings {
     pub confdir: Option<PathBuf>,
     pub backend: Option<Backend>,
     pub nodes: Option<Vec<String>>,
+    #[serde(alias = "file", default, deserialize_with = "one_or_many")]
     pub files: Option<Vec<PathBuf>>,
     pub prefix: Option<String>,
     pub onetime: Option<bool>,
@@ -90,42 +102,184 @@ pub struct FileSettings {
     pub interval: Option<u64>,
     pub wait: Option<String>,
     pub noop: Option<bool>,
+    #[serde(alias = "sync-only")]
     pub sync_only: Option<bool>,
+    #[serde(alias = "keepstagefile")]
     pub keep_stage_file: Option<bool>,
+    #[serde(alias = "log-level")]
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// confd's switch for sending username and password; confera sends them
+    /// whenever they are given, so only `false` with credentials matters.
+    pub basic_auth: Option<bool>,
+    /// confd's scheme for nodes found by DNS SRV: without SRV (which
+    /// confera does not look up) it meant nothing in confd either.
+    pub scheme: Option<Scheme>,
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+    #[serde(alias = "client_cakeys")]
     pub client_ca_keys: Option<PathBuf>,
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The file this came from (none for defaults).
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
+    /// The top-level keys as the file spells them, to name them in errors.
+    #[serde(skip)]
+    pub keys: Vec<String>,
+}
+
+/// confd's `scheme`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+/// confd's settings confera does not support, with the reason given in the
+/// error. An empty value (`""`, `false`, `[]`) means "not set" in confd and
+/// is accepted.
+pub const UNSUPPORTED_CONFD_KEYS: &[(&[&str], &str)] = &[
+    (
+        &["srv_domain", "srv_record"],
+        "confera does not look etcd up in DNS SRV records: list the endpoints in `nodes`",
+    ),
+    (
+        &["client_insecure"],
+        "confera always verifies etcd's certificate: give the CA in `client_cakeys`",
+    ),
+    (
+        &[
+            "auth_token",
+            "auth_type",
+            "app_id",
+            "user_id",
+            "role_id",
+            "secret_id",
+            "path",
+        ],
+        "it belongs to confd's Vault and consul backends, which confera does not have",
+    ),
+    (
+        &["table"],
+        "it belongs to confd's DynamoDB backend, which confera does not have",
+    ),
+    (
+        &["separator"],
+        "it belongs to confd's Redis backend, which confera does not have",
+    ),
+    (
+        &["filter"],
+        "confera reads the data files named in `file`, not a directory filtered by a glob",
+    ),
+    (
+        &["secret_keyring"],
+        "confera decrypts nothing: mark secret values with secret_keys in the resource instead",
+    ),
+];
+
+/// confd's `file` is one path or a list of paths.
+fn one_or_many<'de, D>(deserializer: D) -> Result<Option<Vec<PathBuf>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+    Ok(Some(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(path) => vec![path],
+        OneOrMany::Many(paths) => paths,
+    }))
 }
 
 impl FileSettings {
-    /// Reads the file named by `--config-file`, or `<confdir>/confera.toml`
-    /// when it exists.
+    /// Reads the file named by `--config-file`; without one,
+    /// `<confdir>/confera.toml` or, for a confd set-up, `<confdir>/confd.toml`
+    /// (both at once is an error: which one counts would be a guess).
     pub fn load(explicit: Option<&Path>, confdir: &Path) -> Result<FileSettings, ConfigError> {
         let path = match explicit {
             Some(p) => p.to_path_buf(),
             None => {
-                let p = confdir.join("confera.toml");
-                if !p.exists() {
-                    return Ok(FileSettings::default());
+                let ours = confdir.join("confera.toml");
+                let confd = confdir.join("confd.toml");
+                match (ours.exists(), confd.exists()) {
+                    (true, true) => {
+                        return Err(ConfigError::Settings(format!(
+                            "{} and {} both exist: keep one, or name it with --config-file",
+                            ours.display(),
+                            confd.display()
+                        )))
+                    }
+                    (true, false) => ours,
+                    (false, true) => confd,
+                    (false, false) => return Ok(FileSettings::default()),
                 }
-                p
             }
         };
         let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
             path: path.clone(),
             source,
         })?;
-        let mut settings: FileSettings =
-            toml::from_str(&text).map_err(|e| ConfigError::Resource {
-                path: path.clone(),
-                message: e.to_string().trim_end().to_string(),
-            })?;
+        let mut settings = FileSettings::parse(&text, &path)?;
         settings.resolve_paths(&crate::pipeline::stage::parent_of(&path));
+        Ok(settings)
+    }
+
+    /// Parses a settings file's text; errors name `path` and the key.
+    pub fn parse(text: &str, path: &Path) -> Result<FileSettings, ConfigError> {
+        let syntax = |e: toml::de::Error| ConfigError::Resource {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        };
+        let table: toml::Table = toml::from_str(text).map_err(syntax)?;
+        for (key, value) in &table {
+            let set = match value {
+                toml::Value::String(s) => !s.is_empty(),
+                toml::Value::Boolean(b) => *b,
+                toml::Value::Array(a) => !a.is_empty(),
+                _ => true,
+            };
+            let unsupported = UNSUPPORTED_CONFD_KEYS
+                .iter()
+                .find(|(keys, _)| keys.contains(&key.as_str()));
+            match unsupported {
+                Some((_, why)) if set => {
+                    return Err(ConfigError::field(
+                        path,
+                        key,
+                        format!("confd's `{key}` is not supported by confera: {why}"),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        // Without the unsupported keys left unset (they would be unknown).
+        let unset = |key: &str| {
+            UNSUPPORTED_CONFD_KEYS
+                .iter()
+                .any(|(keys, _)| keys.contains(&key))
+        };
+        let text = if table.keys().any(|k| unset(k)) {
+            let kept: toml::Table = table
+                .iter()
+                .filter(|(k, _)| !unset(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            Cow::Owned(toml::to_string(&kept).map_err(|e| ConfigError::Resource {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?)
+        } else {
+            Cow::Borrowed(text)
+        };
+        let mut settings: FileSettings = toml::from_str(&text).map_err(syntax)?;
+        settings.path = Some(path.to_path_buf());
+        settings.keys = table.keys().cloned().collect();
         Ok(settings)
     }
 
@@ -146,6 +300,136 @@ impl FileSettings {
         singles.into_iter().flatten().for_each(join);
         self.files.iter_mut().flatten().for_each(join);
     }
+
+    /// Where the setting `key` (confera's spelling) came from, as the file
+    /// spells it: `` `log-level` in /etc/confd/confd.toml ``.
+    fn origin(&self, key: &str) -> Origin {
+        let spellings: &[&str] = match key {
+            "files" => &["files", "file"],
+            "sync_only" => &["sync_only", "sync-only"],
+            "keep_stage_file" => &["keep_stage_file", "keepstagefile"],
+            "log_level" => &["log_level", "log-level"],
+            "client_ca_keys" => &["client_ca_keys", "client_cakeys"],
+            _ => &[],
+        };
+        let spelled = spellings
+            .iter()
+            .find(|s| self.keys.iter().any(|k| k == *s))
+            .map_or(key, |s| *s);
+        Origin::File {
+            key: spelled.to_string(),
+            path: self.path.clone().unwrap_or_default(),
+        }
+    }
+
+    /// An error about the setting `key` of this file.
+    fn error(&self, key: &str, message: impl std::fmt::Display) -> ConfigError {
+        ConfigError::Settings(format!("{}: {message}", self.origin(key)))
+    }
+}
+
+/// Where a setting came from, to name it in errors: "--node (command
+/// line)", "CONFERA_NODE (environment)", "`nodes` in /etc/confera/confera.toml".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Given(Given),
+    File { key: String, path: PathBuf },
+}
+
+impl Origin {
+    /// Flags outrank the environment, which outranks the file.
+    fn rank(&self) -> u8 {
+        match self {
+            Origin::Given(Given::Flag(_)) => 3,
+            Origin::Given(Given::Env(_)) => 2,
+            Origin::File { .. } => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Given(given) => given.fmt(f),
+            Origin::File { key, path } => write!(f, "`{key}` in {}", path.display()),
+        }
+    }
+}
+
+/// Which backend the settings select, checking that no backend-specific
+/// setting is given for another backend.
+///
+/// The rule: a backend setting selects its backend (`--node`, `--username`,
+/// `--password`, `--client-*` select etcd; `--file` selects the file
+/// backend). The place with the highest precedence (command line, then
+/// environment, then settings file) that says anything about the backend
+/// decides: its `backend` if it names one, else the backend its settings
+/// select. There, a setting for another backend is an error naming both and
+/// where each came from. A place of lower precedence is overridden whole,
+/// like any setting: `--node` on the command line selects etcd even when the
+/// settings file says `backend = "file"` and lists `files`.
+fn select_backend(cli: &Cli, file: &FileSettings) -> Result<Backend, ConfigError> {
+    let s = &cli.source;
+    let from_cli = |id: &str, set: bool| set.then(|| cli.given(id).map(Origin::Given)).flatten();
+    let etcd_settings = [
+        from_cli("node", !s.node.is_empty()),
+        from_cli("username", s.username.is_some()),
+        from_cli("password", s.password.is_some()),
+        from_cli("client_cert", s.client_cert.is_some()),
+        from_cli("client_key", s.client_key.is_some()),
+        from_cli("client_ca_keys", s.client_ca_keys.is_some()),
+        file.nodes.is_some().then(|| file.origin("nodes")),
+        file.username.is_some().then(|| file.origin("username")),
+        file.password.is_some().then(|| file.origin("password")),
+        (file.basic_auth == Some(true)).then(|| file.origin("basic_auth")),
+        file.client_cert
+            .is_some()
+            .then(|| file.origin("client_cert")),
+        file.client_key.is_some().then(|| file.origin("client_key")),
+        file.client_ca_keys
+            .is_some()
+            .then(|| file.origin("client_ca_keys")),
+    ];
+    let file_settings = [
+        from_cli("file", !s.file.is_empty()),
+        file.files.is_some().then(|| file.origin("files")),
+    ];
+    let backends = [
+        s.backend
+            .and_then(|b| Some((b, Origin::Given(cli.given("backend")?)))),
+        file.backend.map(|b| (b, file.origin("backend"))),
+    ];
+    for rank in [3, 2, 1] {
+        let at = |o: &&Origin| o.rank() == rank;
+        let etcd = etcd_settings.iter().flatten().find(at);
+        let data = file_settings.iter().flatten().find(at);
+        let named = backends.iter().flatten().find(|(_, o)| o.rank() == rank);
+        match (named, etcd, data) {
+            (Some((b, named)), Some(etcd), _) if !b.is_etcd() => {
+                return Err(ConfigError::Settings(format!(
+                    "{etcd} is an etcd setting, but {named} selects the {} backend: remove one of them",
+                    b.label()
+                )))
+            }
+            (Some((b, named)), _, Some(data)) if *b != Backend::File => {
+                return Err(ConfigError::Settings(format!(
+                    "{data} is a setting of the file backend, but {named} selects the {} backend: remove one of them",
+                    b.label()
+                )))
+            }
+            (Some((b, _)), _, _) => return Ok(*b),
+            (None, Some(etcd), Some(data)) => {
+                return Err(ConfigError::Settings(format!(
+                    "{etcd} is an etcd setting and {data} a setting of the file backend: \
+                     choose the backend with --backend"
+                )))
+            }
+            (None, Some(_), None) => return Ok(Backend::Etcd),
+            (None, None, Some(_)) => return Ok(Backend::File),
+            (None, None, None) => {}
+        }
+    }
+    Ok(Backend::Etcd)
 }
 
 impl Settings {
@@ -154,14 +438,38 @@ impl Settings {
         let s = &cli.source;
         let m = &cli.mode;
         let o = &cli.output;
+        let backend = select_backend(cli, &file)?;
         let wait = match (&m.wait, &file.wait) {
             (Some(w), _) => *w,
-            (None, Some(text)) => text
-                .parse()
-                .map_err(|e| ConfigError::Settings(format!("settings file: wait: {e}")))?,
+            (None, Some(text)) => text.parse().map_err(|e| file.error("wait", e))?,
             (None, None) => Wait::default(),
         };
-        let interval = m.interval.or(file.interval);
+        let interval = match (m.interval, file.interval) {
+            (Some(i), _) => Some(i),
+            (None, Some(i)) if (1..=MAX_SECS).contains(&i) => Some(i),
+            (None, Some(i)) => {
+                return Err(file.error(
+                    "interval",
+                    format!("{i} is out of range: 1 to {MAX_SECS} seconds (365 days)"),
+                ))
+            }
+            (None, None) => None,
+        };
+        let log_level = match (&cli.logging.log_level, &file.log_level) {
+            // clap has checked the flag's value already.
+            (Some(level), _) => level.clone(),
+            (None, Some(text)) => {
+                crate::logging::parse_level(text).map_err(|e| file.error("log_level", e))?
+            }
+            (None, None) => "info".into(),
+        };
+        if file.basic_auth == Some(false) && (file.username.is_some() || file.password.is_some()) {
+            return Err(file.error(
+                "basic_auth",
+                "false, but the file also sets username or password, which confd then \
+                 did not send: remove them, or set basic_auth = true",
+            ));
+        }
         let watch = m.watch || file.watch.unwrap_or(false);
         let onetime = m.onetime || file.onetime.unwrap_or(false);
         let mode = if onetime {
@@ -177,7 +485,7 @@ impl Settings {
             }
         } else {
             Mode::Poll {
-                interval: Duration::from_secs(interval.unwrap_or(DEFAULT_INTERVAL).max(1)),
+                interval: Duration::from_secs(interval.unwrap_or(DEFAULT_INTERVAL)),
             }
         };
         let options = Options {
@@ -206,11 +514,28 @@ impl Settings {
         } else {
             file.files.unwrap_or_default()
         };
-        let backend = s.backend.or(file.backend).unwrap_or(Backend::Etcd);
         if backend == Backend::File && files.is_empty() {
             return Err(ConfigError::Settings(
                 "the file backend needs at least one --file".into(),
             ));
+        }
+        let username = s.username.clone().or(file.username);
+        let password = s.password.clone().or(file.password);
+        if backend.is_etcd() && username.is_some() != password.is_some() {
+            let (given, missing) = if username.is_some() {
+                (
+                    "a user name",
+                    "--password (or CONFERA_PASSWORD, or `password` in the settings file)",
+                )
+            } else {
+                (
+                    "a password",
+                    "--username (or CONFERA_USERNAME, or `username` in the settings file)",
+                )
+            };
+            return Err(ConfigError::Settings(format!(
+                "etcd authentication has {given} but no {missing}"
+            )));
         }
         let tls = Tls {
             ca: s.client_ca_keys.clone().or(file.client_ca_keys),
@@ -234,19 +559,14 @@ impl Settings {
             mode,
             wait,
             options,
-            log_level: cli
-                .logging
-                .log_level
-                .clone()
-                .or(file.log_level)
-                .unwrap_or_else(|| "info".into()),
+            log_level,
             log_format: cli
                 .logging
                 .log_format
                 .or(file.log_format)
                 .unwrap_or_default(),
-            username: s.username.clone().or(file.username),
-            password: s.password.clone().or(file.password),
+            username,
+            password,
         })
     }
 
@@ -265,45 +585,108 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
+    use crate::cli::parse_with_env;
 
-    fn resolve(args: &[&str], file: &str) -> Result<Settings, ConfigError> {
-        let mut argv = vec!["confera"];
-        argv.extend_from_slice(args);
-        let cli = Cli::try_parse_from(argv).unwrap();
-        Settings::resolve(&cli, toml::from_str(file).unwrap())
+    const FILE: &str = "/etc/confera/confera.toml";
+
+    fn file(text: &str) -> FileSettings {
+        FileSettings::parse(text, Path::new(FILE)).unwrap()
+    }
+
+    fn resolve_env(
+        args: &[&str],
+        env: &[(&str, &str)],
+        text: &str,
+    ) -> Result<Settings, ConfigError> {
+        let cli = parse_with_env(args, env).unwrap();
+        Settings::resolve(&cli, file(text))
+    }
+
+    fn resolve(args: &[&str], text: &str) -> Result<Settings, ConfigError> {
+        resolve_env(args, &[], text)
+    }
+
+    fn error(args: &[&str], env: &[(&str, &str)], text: &str) -> String {
+        resolve_env(args, env, text).unwrap_err().to_string()
     }
 
     #[test]
-    fn flags_win_over_the_file_which_wins_over_defaults() {
-        // (flags, file, expected prefix, expected backend)
-        let table = [
-            (&[][..], "", "", Backend::Etcd),
+    fn flags_win_over_the_environment_which_wins_over_the_file_which_wins_over_defaults() {
+        // (flags, environment, file, expected prefix, backend, log level)
+        type Row<'a> = (
+            &'a [&'a str],
+            &'a [(&'a str, &'a str)],
+            &'a str,
+            &'a str,
+            Backend,
+            &'a str,
+        );
+        let table: &[Row] = &[
+            (&[], &[], "", "", Backend::Etcd, "info"),
             (
-                &[][..],
-                "prefix = \"/f\"\nbackend = \"env\"",
+                &[],
+                &[],
+                "prefix = \"/f\"\nbackend = \"env\"\nlog_level = \"debug\"",
                 "/f",
                 Backend::Env,
+                "debug",
+            ),
+            // confd's spellings in the file count the same.
+            (
+                &[],
+                &[],
+                "log-level = \"warning\"",
+                "",
+                Backend::Etcd,
+                "warn",
             ),
             (
-                &["--prefix", "/cli"][..],
+                &[],
+                &[("CONFERA_PREFIX", "/e"), ("CONFERA_LOG_LEVEL", "fatal")],
+                "prefix = \"/f\"\nlog-level = \"debug\"",
+                "/e",
+                Backend::Etcd,
+                "error",
+            ),
+            (
+                &["--prefix", "/cli", "--log-level", "trace"],
+                &[("CONFERA_PREFIX", "/e"), ("CONFERA_LOG_LEVEL", "debug")],
                 "prefix = \"/f\"",
                 "/cli",
                 Backend::Etcd,
+                "trace",
             ),
             (
-                &["--backend", "env"][..],
+                &["--backend", "env"],
+                &[],
                 "backend = \"etcd\"",
                 "",
                 Backend::Env,
+                "info",
+            ),
+            (
+                &[],
+                &[("CONFERA_BACKEND", "env")],
+                "backend = \"etcd\"",
+                "",
+                Backend::Env,
+                "info",
+            ),
+            (
+                &["--backend", "etcdv3"],
+                &[("CONFERA_BACKEND", "env")],
+                "backend = \"env\"",
+                "",
+                Backend::Etcdv3,
+                "info",
             ),
         ];
-        for (args, file, prefix, backend) in table {
-            let s = resolve(args, file).unwrap();
+        for (args, env, text, prefix, backend, level) in table {
+            let s = resolve_env(args, env, text).unwrap();
             assert_eq!(
-                (s.prefix.as_str(), s.backend),
-                (prefix, backend),
-                "{args:?} / {file}"
+                (s.prefix.as_str(), s.backend, s.log_level.as_str()),
+                (*prefix, *backend, *level),
+                "{args:?} / {env:?} / {text}"
             );
         }
     }
@@ -345,13 +728,264 @@ mod tests {
 
     #[test]
     fn unknown_keys_in_the_settings_file_are_errors() {
-        let e = toml::from_str::<FileSettings>("bakend = \"etcd\"").unwrap_err();
-        assert!(e.to_string().contains("bakend"), "{e}");
+        let e = FileSettings::parse("bakend = \"etcd\"", Path::new(FILE)).unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("bakend") && e.contains(FILE), "{e}");
     }
 
     #[test]
     fn the_password_never_shows_in_debug_output() {
-        let s = resolve(&["--password", "hunter2"], "").unwrap();
+        let s = resolve(&["--username", "u", "--password", "hunter2"], "").unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    // --- confd.toml --------------------------------------------------------
+
+    const CONFD_TOML: &str = r#"
+backend = "etcdv3"
+confdir = "/etc/confd"
+log-level = "warning"
+interval = 60
+nodes = ["10.0.0.1:2379", "10.0.0.2:2379"]
+noop = false
+watch = true
+sync-only = true
+prefix = "/production"
+scheme = "https"
+basic_auth = true
+username = "confd"
+password = "secret"
+client_cert = "/etc/confd/client.crt"
+client_key = "/etc/confd/client.key"
+client_cakeys = "/etc/confd/ca.crt"
+srv_domain = ""
+auth_token = ""
+client_insecure = false
+"#;
+
+    #[test]
+    fn a_confd_toml_is_read_as_it_is() {
+        let s = resolve(&[], CONFD_TOML).unwrap();
+        assert_eq!(s.backend, Backend::Etcdv3);
+        assert_eq!(s.confdir, PathBuf::from("/etc/confd"));
+        assert_eq!(s.log_level, "warn");
+        assert_eq!(
+            s.mode,
+            Mode::Watch {
+                resync: Some(Duration::from_secs(60))
+            }
+        );
+        assert_eq!(s.nodes, ["10.0.0.1:2379", "10.0.0.2:2379"]);
+        assert!(s.options.sync_only && !s.options.noop);
+        assert_eq!(s.prefix, "/production");
+        assert_eq!(
+            (s.username.as_deref(), s.password.as_deref()),
+            (Some("confd"), Some("secret"))
+        );
+        assert_eq!(
+            s.tls,
+            Some(Tls {
+                ca: Some("/etc/confd/ca.crt".into()),
+                cert: Some("/etc/confd/client.crt".into()),
+                key: Some("/etc/confd/client.key".into()),
+            })
+        );
+    }
+
+    #[test]
+    fn confds_file_key_takes_one_path_or_a_list() {
+        let s = resolve(&[], "backend = \"file\"\nfile = \"/data/a.yaml\"").unwrap();
+        assert_eq!(s.files, [PathBuf::from("/data/a.yaml")]);
+        let s = resolve(&[], "backend = \"file\"\nfile = [\"/a.yaml\", \"/b.yaml\"]").unwrap();
+        assert_eq!(
+            s.files,
+            [PathBuf::from("/a.yaml"), PathBuf::from("/b.yaml")]
+        );
+    }
+
+    #[test]
+    fn confd_keys_confera_does_not_support_are_refused_naming_the_key_the_file_and_why() {
+        for (text, key, why) in [
+            ("srv_domain = \"example.com\"", "srv_domain", "`nodes`"),
+            ("srv_record = \"_etcd._tcp.x\"", "srv_record", "`nodes`"),
+            ("client_insecure = true", "client_insecure", "client_cakeys"),
+            ("auth_type = \"app-id\"", "auth_type", "Vault"),
+            ("table = \"t\"", "table", "DynamoDB"),
+            ("filter = \"*.yaml\"", "filter", "glob"),
+            (
+                "secret_keyring = \"/k\"",
+                "secret_keyring",
+                "decrypts nothing",
+            ),
+        ] {
+            let e = FileSettings::parse(text, Path::new("/etc/confd/confd.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("/etc/confd/confd.toml")
+                    && e.contains(&format!("confd's `{key}` is not supported"))
+                    && e.contains(why),
+                "{text}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn scheme_is_http_or_https() {
+        let e = FileSettings::parse("scheme = \"ftp\"", Path::new(FILE)).unwrap_err();
+        assert!(e.to_string().contains("scheme"), "{e}");
+    }
+
+    #[test]
+    fn basic_auth_false_with_credentials_is_refused_rather_than_guessed() {
+        let e = error(
+            &[],
+            &[],
+            "basic_auth = false\nusername = \"u\"\npassword = \"p\"",
+        );
+        assert!(
+            e.contains("`basic_auth` in") && e.contains("basic_auth = true"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn one_setting_spelt_both_ways_is_refused() {
+        let e = FileSettings::parse(
+            "log-level = \"info\"\nlog_level = \"debug\"",
+            Path::new(FILE),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("duplicate"), "{e}");
+    }
+
+    #[test]
+    fn the_default_settings_file_is_confera_toml_else_confd_toml_never_both() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(FileSettings::load(None, dir.path()).unwrap().path.is_none());
+        std::fs::write(dir.path().join("confd.toml"), "log-level = \"debug\"").unwrap();
+        let f = FileSettings::load(None, dir.path()).unwrap();
+        assert_eq!(f.log_level.as_deref(), Some("debug"));
+        std::fs::write(dir.path().join("confera.toml"), "").unwrap();
+        let e = FileSettings::load(None, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("confera.toml") && e.contains("confd.toml") && e.contains("--config-file"),
+            "{e}"
+        );
+    }
+
+    // --- bad values ----------------------------------------------------------
+
+    #[test]
+    fn bad_values_in_the_file_name_the_key_and_the_file() {
+        let e = error(&[], &[], "log-level = \"warnign\"");
+        assert!(
+            e.contains(&format!("`log-level` in {FILE}")) && e.contains("`warnign`"),
+            "{e}"
+        );
+        let e = FileSettings::parse("interval = 18446744073709551615", Path::new(FILE));
+        let e = e.unwrap_err().to_string();
+        assert!(e.contains(FILE) && e.contains("interval ="), "{e}");
+        let e = error(&[], &[], "interval = 0");
+        assert!(
+            e.contains(&format!("`interval` in {FILE}: 0 is out of range")),
+            "{e}"
+        );
+        let e = error(&[], &[], "wait = \"1s:18446744073709551615s\"");
+        assert!(
+            e.contains(&format!("`wait` in {FILE}")) && e.contains("365 days"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_user_name_without_a_password_is_an_error() {
+        let e = error(&["--username", "u"], &[], "");
+        assert!(e.contains("user name but no --password"), "{e}");
+        let e = error(&[], &[("CONFERA_PASSWORD", "p")], "");
+        assert!(e.contains("password but no --username"), "{e}");
+    }
+
+    // --- which backend ------------------------------------------------------
+
+    #[test]
+    fn an_etcd_flag_selects_etcd_over_a_backend_from_the_file_or_environment() {
+        let text = "backend = \"file\"\nfiles = [\"/data.yaml\"]";
+        let s = resolve(&["--node", "http://10.0.0.1:2379"], text).unwrap();
+        assert_eq!(
+            (s.backend, s.nodes.as_slice()),
+            (Backend::Etcd, &["http://10.0.0.1:2379".to_string()][..])
+        );
+        let s = resolve_env(
+            &["--username", "u", "--password", "p"],
+            &[("CONFERA_BACKEND", "env")],
+            "",
+        )
+        .unwrap();
+        assert_eq!(s.backend, Backend::Etcd);
+        let s = resolve_env(&[], &[("CONFERA_NODE", "http://x:1")], text).unwrap();
+        assert_eq!(s.backend, Backend::Etcd);
+        // --file likewise selects the file backend.
+        let s = resolve(&["--file", "/d.yaml"], "nodes = [\"http://x:1\"]").unwrap();
+        assert_eq!(s.backend, Backend::File);
+    }
+
+    #[test]
+    fn an_etcd_setting_beside_a_backend_that_is_not_etcd_is_an_error_naming_both_and_where() {
+        let e = error(
+            &[
+                "--backend",
+                "file",
+                "--file",
+                "/d.yaml",
+                "--node",
+                "http://x:1",
+            ],
+            &[],
+            "",
+        );
+        assert_eq!(
+            e,
+            "--node (command line) is an etcd setting, but --backend (command line) selects \
+             the file backend: remove one of them"
+        );
+        let e = error(
+            &[],
+            &[
+                ("CONFERA_BACKEND", "env"),
+                ("CONFERA_CLIENT_CA_KEYS", "/ca"),
+            ],
+            "",
+        );
+        assert!(
+            e.starts_with("CONFERA_CLIENT_CA_KEYS (environment) is an etcd setting, but CONFERA_BACKEND (environment) selects the env backend"),
+            "{e}"
+        );
+        let e = error(
+            &[],
+            &[],
+            "backend = \"file\"\nfile = \"/d.yaml\"\nnodes = [\"http://x:1\"]",
+        );
+        assert!(
+            e.starts_with(&format!("`nodes` in {FILE} is an etcd setting, but `backend` in {FILE} selects the file backend")),
+            "{e}"
+        );
+        let e = error(&["--backend", "etcd", "--file", "/d.yaml"], &[], "");
+        assert!(e.starts_with("--file (command line) is a setting of the file backend, but --backend (command line) selects the etcd backend"), "{e}");
+        let e = error(&["--node", "http://x:1", "--file", "/d.yaml"], &[], "");
+        assert!(e.contains("choose the backend with --backend"), "{e}");
+    }
+
+    #[test]
+    fn settings_of_a_lower_place_for_another_backend_are_overridden_with_its_backend() {
+        // The file describes etcd; the command line chooses the file backend.
+        let s = resolve(
+            &["--backend", "file", "--file", "/d.yaml"],
+            "backend = \"etcd\"\nnodes = [\"http://x:1\"]\nusername = \"u\"\npassword = \"p\"",
+        )
+        .unwrap();
+        assert_eq!(s.backend, Backend::File);
     }
 }
