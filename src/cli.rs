@@ -132,6 +132,18 @@ pub struct ModeArgs {
     /// Debounce in watch mode: render after MIN of quiet, at most MAX after the first change [default: 50ms:1s]
     #[arg(long, env = "CONFERA_WAIT", value_name = "MIN[:MAX]")]
     pub wait: Option<Wait>,
+    /// A render running longer is abandoned and its resource marked failed until its inputs change [default: 10s]
+    #[arg(long, env = "CONFERA_RENDER_TIMEOUT", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
+    pub render_timeout: Option<std::time::Duration>,
+    /// A render whose output grows past BYTES is abandoned [default: 67108864 (64 MiB)]
+    #[arg(long, env = "CONFERA_MAX_OUTPUT", value_name = "BYTES")]
+    pub max_output: Option<u64>,
+    /// A resource whose work runs longer than this is reported stuck in /status and /healthz [default: 60s]
+    #[arg(long, env = "CONFERA_STUCK_AFTER", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
+    pub stuck_after: Option<std::time::Duration>,
+    /// Where confera keeps the reloads it still owes across restarts [default: $STATE_DIRECTORY or /var/lib/confera]
+    #[arg(long, env = "CONFERA_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
