@@ -30,6 +30,13 @@ pub enum Command {
     /// Validate a confdir without a backend: parse every resource, compile
     /// every template, and list the keys each resource may read.
     Check,
+    /// Ask a running confera (at --metrics-addr) how each resource is doing;
+    /// exit 0 when healthy, 1 when not, 2 when it cannot be reached
+    Status {
+        /// Print the /status JSON document instead of a table
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
@@ -211,7 +218,7 @@ fn print_generated(command: &Command) -> std::io::Result<bool> {
             clap_complete::generate(*shell, &mut cmd, "confera", &mut text)
         }
         Command::Man => clap_mangen::Man::new(cmd).render(&mut text)?,
-        Command::Check => return Ok(false),
+        Command::Check | Command::Status { .. } => return Ok(false),
     }
     match std::io::stdout().lock().write_all(&text) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),

@@ -86,9 +86,11 @@ fn an_edited_destination_is_restored_with_exactly_one_sighup() {
     );
 }
 
+/// Issue 15 item 11: the daemon reads the same configuration after a
+/// chmod, so undoing it reloads nothing.
 #[test]
-fn a_chmod_of_the_destination_is_undone() {
-    let (site, _confera) = file_site(r#"mode = "0640""#);
+fn a_chmod_of_the_destination_is_undone_without_reloading_the_daemon() {
+    let (site, confera) = file_site(r#"mode = "0640""#);
     let dest = site.dest("app");
     let mode = || fs::metadata(&dest).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode(), 0o640);
@@ -102,7 +104,12 @@ fn a_chmod_of_the_destination_is_undone() {
         mode()
     );
     assert!(edited.elapsed() < RESTORE_WITHIN, "{:?}", edited.elapsed());
-    site.wait_for_hups(2);
+    barrier(&confera, || touch_unused(&site, 1));
+    assert_eq!(
+        site.daemon.hups(),
+        1,
+        "a mode-only restore reloaded the daemon"
+    );
 }
 
 #[test]

@@ -11,6 +11,8 @@ mod drift;
 mod example;
 mod faults;
 mod fixtures_selftest;
+mod history;
+mod isolation;
 mod migration;
 mod onetime;
 mod operations;
