@@ -180,7 +180,12 @@ pub struct LogArgs {
     #[arg(long, env = "CONFERA_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
     /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9100)
-    #[arg(long, env = "CONFERA_METRICS_ADDR", value_name = "HOST:PORT")]
+    #[arg(
+        long,
+        global = true,
+        env = "CONFERA_METRICS_ADDR",
+        value_name = "HOST:PORT"
+    )]
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 

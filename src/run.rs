@@ -41,6 +41,7 @@ pub async fn run(
         return onetime(&settings, &config, &Metrics::new()).await;
     }
     let telemetry = Telemetry::start(&settings).await?;
+    telemetry.declare(settings.backend.label(), &config.units);
     let status = match settings.mode {
         Mode::Poll { interval } => poll(&settings, &config, interval, &telemetry, shutdown).await,
         _ => watch::run(cli, settings, config, &telemetry, shutdown).await,

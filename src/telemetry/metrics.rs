@@ -470,6 +470,50 @@ impl Metrics {
         self.inner.http_rejected.inc();
     }
 
+    /// Creates the series of `backend` and of each resource (with its
+    /// reload method, if it reloads) at zero, so that dashboards and alerts
+    /// see every series before its first event.
+    pub fn declare(&self, backend: &str, resources: &[(&str, Option<&str>)]) {
+        let b = backend_labels(backend);
+        drop(self.inner.backend_up.get_or_create(&b));
+        drop(self.inner.revision.get_or_create(&b));
+        drop(self.inner.watch_restarts.get_or_create(&b));
+        drop(self.inner.resyncs.get_or_create(&b));
+        drop(self.inner.events_applied.get_or_create(&b));
+        drop(self.inner.history_changes.get_or_create(&b));
+        for (unit, method) in resources {
+            let r = resource(unit);
+            for result in ["success", "failure"] {
+                drop(self.inner.renders.get_or_create(&ResultLabels {
+                    resource: (*unit).to_owned(),
+                    result,
+                }));
+                if let Some(method) = method {
+                    drop(self.inner.reloads.get_or_create(&ReloadLabels {
+                        resource: (*unit).to_owned(),
+                        method: fixed(method, &RELOAD_METHODS),
+                        result,
+                    }));
+                }
+            }
+            for action in DRIFT_ACTIONS {
+                drop(self.inner.drift.get_or_create(&DriftLabels {
+                    resource: (*unit).to_owned(),
+                    action,
+                }));
+            }
+            drop(self.inner.commits.get_or_create(&r));
+            drop(self.inner.check_failures.get_or_create(&r));
+            drop(self.inner.render_limits.get_or_create(&r));
+            drop(self.inner.last_success.get_or_create(&r));
+            drop(self.inner.last_attempt.get_or_create(&r));
+            drop(self.inner.failing.get_or_create(&r));
+            drop(self.inner.stuck.get_or_create(&r));
+            drop(self.inner.reload_pending.get_or_create(&r));
+            drop(self.inner.resource_revision.get_or_create(&r));
+        }
+    }
+
     /// Drops the per-resource gauges of a resource no longer configured.
     pub fn forget_resource(&self, unit: &str) {
         let labels = resource(unit);

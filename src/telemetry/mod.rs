@@ -46,6 +46,18 @@ impl Telemetry {
         })
     }
 
+    /// Creates every series of `units` and the backend at zero.
+    pub fn declare(&self, backend: &str, units: &[crate::resource::Unit]) {
+        let resources: Vec<(&str, Option<&str>)> = units
+            .iter()
+            .map(|u| {
+                let method = (!u.reload.is_none()).then(|| crate::reload::method(&u.reload));
+                (u.name.as_str(), method)
+            })
+            .collect();
+        self.metrics.declare(backend, &resources);
+    }
+
     /// The first batch was attempted (whatever its outcome; failures show
     /// per resource): ready for readiness probes and systemd.
     pub fn ready(&self) {

@@ -807,6 +807,8 @@ impl Daemon<'_> {
         let prefixes_changed = config.prefixes() != self.config.prefixes();
         tracing::info!(units = config.units.len(), "configuration reloaded");
         self.config = config;
+        self.telemetry
+            .declare(self.settings.backend.label(), &self.config.units);
         self.index = Index::build(&self.config.units);
         self.config.remove_stale_stages();
         let names: Vec<&str> = self.config.units.iter().map(|u| u.name.as_str()).collect();
