@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::support::cmd::{reserve_ports, wait_until};
 use crate::support::etcd::{scrape, sum_metric, Etcd};
+use crate::support::relay::Relay;
 use crate::watch::{Site, WAIT};
 
 const PEERS: &str = r#"{% for kv in gets(pattern="/app/peers/*") %}{{ kv.key }}={{ kv.value }}
@@ -75,5 +76,48 @@ fn a_wiped_etcd_with_other_keys_is_noticed_and_the_file_follows_it_without_inter
     assert_eq!(
         sum_metric(&metrics, "confera_backend_revision", &[]),
         etcd.revision() as f64
+    );
+}
+
+/// Issue 12: etcd's "watch created" reply carries its current revision but
+/// vouches for no event; taken as progress, a link lost again during the
+/// catch-up made the next watch start after events never delivered.
+#[test]
+fn a_link_cut_again_during_the_catch_up_after_a_reconnect_loses_no_update() {
+    let etcd = Etcd::start();
+    etcd.put("/app/k/seed", "x");
+    let relay = Relay::start(&etcd.endpoint());
+    let site = Site::new();
+    site.unit(
+        "app",
+        &["/app"],
+        r#"{% for kv in gets(pattern="/app/k/*") %}{{ kv.key }}
+{% endfor %}"#,
+        "",
+    );
+    let confera = site.watch_etcd(&relay.url(), WAIT, &[]);
+    site.wait_for_output("app", "/app/k/seed\n");
+
+    relay.cut();
+    assert!(confera.wait_for_log("watch lost", Duration::from_secs(10)));
+    // 20 keys of 20 KB each while confera is cut off: a 400 KB catch-up.
+    let big = "v".repeat(20 * 1024);
+    let mut want = String::new();
+    for i in 0..20 {
+        etcd.put(&format!("/app/k/{i:02}"), &big);
+        want.push_str(&format!("/app/k/{i:02}\n"));
+    }
+    want.push_str("/app/k/seed\n");
+    // The reconnect is cut again 300 KB into the catch-up.
+    relay.reopen(Some(300 * 1024));
+
+    let converged = wait_until(Duration::from_secs(20), || {
+        site.output("app").as_deref() == Some(want.as_str())
+    });
+    assert!(
+        converged,
+        "keys written while cut off never arrived: {:?}\n{}",
+        site.output("app"),
+        confera.log()
     );
 }

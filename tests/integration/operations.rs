@@ -684,3 +684,211 @@ fn every_flag_has_a_one_line_explanation() {
         );
     }
 }
+
+#[test]
+fn status_lists_each_resource_and_confera_status_reads_it_from_the_metrics_address() {
+    let probe = Probe::new();
+    let (mut etcd, _site, _confera) = metered_site(&probe);
+    let revision = etcd.revision();
+    let fetch = || -> Value { serde_json::from_str(&probe.get("/status").unwrap().1).unwrap() };
+    assert!(wait_until(DEADLINE, || fetch()["resources"]["app"]
+        ["revision"]
+        == revision));
+    let status = fetch();
+    let app = &status["resources"]["app"];
+    assert_eq!(status["healthy"], true, "{status}");
+    assert_eq!(status["ready"], true, "{status}");
+    assert_eq!(status["backend"]["up"], true, "{status}");
+    assert!(app["last_attempt"].as_f64().is_some(), "{status}");
+    assert!(app["last_success"].as_f64().is_some(), "{status}");
+    assert_eq!(app["last_error"], Value::Null, "{status}");
+    assert_eq!(app["pending_reload"], false, "{status}");
+    assert_eq!(app["stuck"], false, "{status}");
+
+    let table = run(&["status", "--metrics-addr", probe.addr()]);
+    table.assert_success();
+    table.assert_stdout_contains(&format!("confera at {}: healthy, ready", probe.addr()));
+    assert!(
+        table.stdout.lines().any(|l| l.starts_with("app ")
+            && l.contains(" ok ")
+            && l.contains(&revision.to_string())),
+        "{table}"
+    );
+    let json = run(&["status", "--json", "--metrics-addr", probe.addr()]);
+    json.assert_success();
+    let parsed: Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(parsed["resources"]["app"]["revision"], revision);
+
+    etcd.stop();
+    assert!(wait_until(DEADLINE, || run(&[
+        "status",
+        "--metrics-addr",
+        probe.addr()
+    ])
+    .code
+        == 1));
+    run(&["status", "--metrics-addr", probe.addr()])
+        .assert_code(1)
+        .assert_stdout_contains("UNHEALTHY")
+        .assert_stdout_contains("etcd");
+}
+
+#[test]
+fn confera_status_with_nothing_listening_is_exit_2_naming_the_address() {
+    let probe = Probe::new();
+    run(&["status", "--metrics-addr", probe.addr()])
+        .assert_code(2)
+        .assert_stderr_contains(probe.addr());
+    run(&["status"])
+        .assert_code(2)
+        .assert_stderr_contains("--metrics-addr");
+}
+
+/// Issue 11 item 4: clients of the metrics port can never take the
+/// descriptors that staging and commits need.
+#[test]
+fn eleven_hundred_half_open_metrics_connections_under_ulimit_1024_never_starve_a_commit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    // This test's own side of the connections needs more than 1024.
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < 4096 {
+        setrlimit(Resource::RLIMIT_NOFILE, hard.min(8192).max(soft), hard).unwrap();
+    }
+    let etcd = Etcd::start();
+    etcd.put("/app/greeting", "hello");
+    let site = Site::new();
+    site.unit("app", &["/app"], GREETING, "");
+    let probe = Probe::new();
+    let mut cmd = std::process::Command::new("sh");
+    let binary = std::env::var_os("CONFERA_TEST_BINARY")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_confera").into());
+    cmd.args(["-c", "ulimit -n 1024 && exec \"$0\" \"$@\""])
+        .arg(binary)
+        .args(["--confdir", site.dir.arg(), "--backend", "etcd", "--node"])
+        .arg(&etcd.client_url)
+        .args(["--watch", "--wait", WAIT, "--metrics-addr", probe.addr()])
+        .stdin(std::process::Stdio::null());
+    for (name, _) in std::env::vars_os() {
+        if name.as_encoded_bytes().starts_with(b"CONFERA_") {
+            cmd.env_remove(name);
+        }
+    }
+    let confera = Daemon::spawn_cmd(cmd);
+    site.wait_for_output("app", "greeting=hello\n");
+    assert_eq!(probe.wait_status("/readyz", 200), "ready");
+
+    let addr: std::net::SocketAddr = probe.addr().parse().unwrap();
+    // 1,100 connections from 100 threads, so connects that wait in a full
+    // backlog time out side by side; past confera's cap the rest wait in
+    // the kernel's backlog (or time out).
+    let openers: Vec<_> = (0..100)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                for _ in 0..11 {
+                    if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                        // Half a request, never finished.
+                        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHo");
+                        mine.push(s);
+                    }
+                }
+                mine
+            })
+        })
+        .collect();
+    let clients: Vec<TcpStream> = openers
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    eprintln!("opened {} connections", clients.len());
+    // More than confera's cap of 64 got through; the rest wait in the
+    // kernel (or time out) without costing confera a descriptor.
+    assert!(
+        clients.len() >= 100,
+        "only {} connections opened",
+        clients.len()
+    );
+
+    etcd.put("/app/greeting", "still committed");
+    site.wait_for_output("app", "greeting=still committed\n");
+    assert!(
+        !confera.log().contains("Too many open files"),
+        "{}",
+        confera.log()
+    );
+    drop(clients);
+}
+
+/// The Grafana dashboard in examples/ queries only metric names that a
+/// running confera really exports (counters with `_total`, histograms
+/// with `_bucket`/`_sum`/`_count`).
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_that_confera_exports() {
+    let dir = ConfDir::new();
+    dir.file("data.yaml", "app:\n  greeting: hi\n")
+        .template("app.tera", GREETING)
+        .resource(
+            "app",
+            &format!(
+                "[template]\nsrc = \"app.tera\"\ndest = {:?}\nkeys = [\"/app\"]\nreload_cmd = \"true\"\n",
+                dir.dest("out/app.conf")
+            ),
+        );
+    let probe = Probe::new();
+    let data = dir.path().join("data.yaml");
+    let _confera = Daemon::spawn(&[
+        "--confdir",
+        dir.arg(),
+        "--backend",
+        "file",
+        "--file",
+        data.to_str().unwrap(),
+        "--watch",
+        "--metrics-addr",
+        probe.addr(),
+    ]);
+    assert_eq!(probe.wait_status("/readyz", 200), "ready");
+    let exposition = probe.metrics();
+    let mut exported = std::collections::BTreeSet::new();
+    for line in exposition.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (family, kind) = rest.split_once(' ').unwrap();
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total"],
+            "histogram" => &["_bucket", "_sum", "_count"],
+            _ => &[""],
+        };
+        for suffix in suffixes {
+            exported.insert(format!("{family}{suffix}"));
+        }
+    }
+
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/grafana-dashboard.json"
+    );
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let name = regex::Regex::new(r"confera_[a-z_]+").unwrap();
+    let mut queried = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            queried.extend(name.find_iter(expr).map(|m| m.as_str().to_owned()));
+        }
+    }
+    let missing: Vec<&String> = queried.difference(&exported).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries {missing:?}, which /metrics does not export:\n{exposition}"
+    );
+    assert!(queried.len() >= 15, "{queried:?}");
+    for key in [
+        "confera_resource_stuck",
+        "confera_history_changes_total",
+        "confera_reload_pending",
+    ] {
+        assert!(queried.contains(key), "the dashboard shows no {key}");
+    }
+}

@@ -633,6 +633,28 @@ fn sighup_to_confera_reloads_templates_that_no_watch_sees() {
     assert_eq!(confera.log_count("configuration reloaded"), reloads + 1);
 }
 
+/// Issue 12: SIGHUP applies every setting, or names exactly those that
+/// need a restart.
+#[test]
+fn sighup_applies_a_new_interval_and_names_the_settings_that_need_a_restart() {
+    let (_etcd, site, mut confera) = greeting_site();
+    assert_eq!(confera.log_count("periodic resync"), 0);
+    site.dir
+        .file("confera.toml", "interval = 1\nlog_format = \"json\"\n");
+    confera.signal(Signal::SIGHUP);
+
+    wait_for_log(&confera, "need a restart");
+    let line = confera
+        .log()
+        .lines()
+        .find(|l| l.contains("need a restart"))
+        .unwrap()
+        .to_owned();
+    assert!(line.contains("settings=log-format"), "{line}");
+    assert!(!line.contains("interval"), "{line}");
+    wait_for_log(&confera, "periodic resync");
+}
+
 #[test]
 fn sigterm_exits_cleanly_with_0() {
     let (_etcd, _site, mut confera) = greeting_site();

@@ -11,3 +11,4 @@ pub mod cmd;
 pub mod confdir;
 pub mod daemon;
 pub mod etcd;
+pub mod relay;
