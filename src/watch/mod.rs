@@ -604,6 +604,9 @@ impl Daemon<'_> {
                 self.drift.own(&name, outcome.files());
                 if needs_reload {
                     status.reload_pending(&name, true, None);
+                } else {
+                    // A unit whose daemon must reload succeeds with that reload.
+                    self.telemetry.metrics.unit_success(&name);
                 }
                 status.finished(&name, revision, Ok(()));
             }

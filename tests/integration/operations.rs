@@ -892,3 +892,21 @@ fn the_grafana_dashboard_queries_only_metrics_that_confera_exports() {
         assert!(queried.contains(key), "the dashboard shows no {key}");
     }
 }
+
+/// Issue 12: a resource has succeeded once its daemon took the new
+/// configuration, not when its file was written.
+#[test]
+fn last_success_timestamp_waits_for_the_reload() {
+    let etcd = Etcd::start();
+    etcd.put("/app/greeting", "hello");
+    let site = Site::new();
+    site.unit("app", &["/app"], GREETING, "");
+    site.daemon.kill();
+    let probe = Probe::new();
+    let confera = site.watch_etcd(&etcd.client_url, WAIT, &["--metrics-addr", probe.addr()]);
+    site.wait_for_output("app", "greeting=hello\n");
+    assert!(confera.wait_for_log("reload failed", DEADLINE));
+    probe.wait_value(RELOADS, &[APP, r#"result="failure""#], 1.0);
+    probe.assert_value("confera_last_success_timestamp_seconds", &[APP], 0.0);
+    probe.assert_value("confera_reload_pending", &[APP], 1.0);
+}
