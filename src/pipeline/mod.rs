@@ -233,7 +233,14 @@ pub struct Pipeline {
     /// Attributes to keep where a template sets none, by destination; else
     /// the destination's current ones are kept.
     pub keep: Arc<HashMap<PathBuf, Attributes>>,
+    /// Renders abandoned at their time limit, by unit, with a flag their
+    /// thread sets when it ends: a unit gets no second render thread while
+    /// one it abandoned still runs, so runaway renders cannot pile up.
+    pub abandoned: Abandoned,
 }
+
+/// See [`Pipeline::abandoned`].
+pub type Abandoned = Arc<std::sync::Mutex<HashMap<String, Arc<AtomicBool>>>>;
 
 /// A file's mode and owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,6 +276,7 @@ impl Pipeline {
             metrics,
             limits: RenderLimits::default(),
             keep: Arc::default(),
+            abandoned: Abandoned::default(),
         }
     }
 
@@ -396,16 +404,34 @@ impl Pipeline {
         let timeout = unit.render_timeout.unwrap_or(self.limits.timeout);
         let max_output = unit.max_output.unwrap_or(self.limits.max_output);
         let max_output = usize::try_from(max_output).unwrap_or(usize::MAX);
+        {
+            let mut abandoned = self.abandoned.lock().unwrap_or_else(|p| p.into_inner());
+            match abandoned.get(&unit.name) {
+                Some(ended) if !ended.load(Ordering::Acquire) => {
+                    return Err(UnitError::RenderLimit {
+                        template: unit.templates[0].src.clone(),
+                        limit: "time limit (a render abandoned earlier is still running)".into(),
+                    });
+                }
+                Some(_) => {
+                    abandoned.remove(&unit.name);
+                }
+                None => {}
+            }
+        }
         let cancel = Arc::new(AtomicBool::new(false));
+        let ended = Arc::new(AtomicBool::new(false));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job = {
             let (renderer, store, cancel) = (self.renderer.clone(), store.clone(), cancel.clone());
+            let ended = ended.clone();
             let templates = unit.templates.clone();
             move || {
                 let rendered: Result<Vec<Rendered>, UnitError> = templates
                     .iter()
                     .map(|t| renderer.render_limited(t, &store, max_output, &cancel))
                     .collect();
+                ended.store(true, Ordering::Release);
                 let _ = tx.send(rendered);
             }
         };
@@ -425,6 +451,10 @@ impl Pipeline {
             Ok(Err(_)) => Err(failed("the render thread panicked".into())),
             Err(_) => {
                 cancel.store(true, Ordering::Relaxed);
+                self.abandoned
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(unit.name.clone(), ended);
                 Err(UnitError::RenderLimit {
                     template: unit.templates[0].src.clone(),
                     limit: format!("time limit of {timeout:?}"),

@@ -93,6 +93,8 @@ struct Daemon<'t> {
     workers: Workers,
     /// Units that became due while their worker was busy: run again after.
     rerun: HashSet<String>,
+    /// Renders abandoned at their limit whose thread may still run.
+    abandoned: crate::pipeline::Abandoned,
     /// Destinations changed while their unit ran: checked once it is done.
     deferred_drift: HashSet<std::path::PathBuf>,
     /// Units of the first batch not yet done; ready once it is empty.
@@ -154,6 +156,7 @@ pub async fn run(
         workers: Workers::default(),
         rerun: HashSet::new(),
         deferred_drift: HashSet::new(),
+        abandoned: Default::default(),
         first_batch: None,
         link,
         drift: Drift::default(),
@@ -531,6 +534,7 @@ impl Daemon<'_> {
                 max_output: self.settings.limits.max_output,
             },
             keep: Arc::new(self.drift.kept_attributes()),
+            abandoned: self.abandoned.clone(),
         }
     }
 
