@@ -156,10 +156,6 @@ impl Status {
         !std::mem::replace(&mut state.ready, true)
     }
 
-    pub fn ready(&self) -> bool {
-        self.lock().ready
-    }
-
     /// Forgets resources no longer configured.
     pub fn retain(&self, names: &[&str]) {
         let mut state = self.lock();

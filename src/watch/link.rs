@@ -107,10 +107,6 @@ impl Link {
         }
     }
 
-    pub fn is_up(&self) -> bool {
-        matches!(self.state, State::Up { .. })
-    }
-
     /// Connects, checks etcd's history against what the store reflects
     /// (`applied`: the store's revision), takes a snapshot when one is
     /// needed, and starts the watches. On failure the link stays down and

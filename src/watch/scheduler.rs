@@ -104,14 +104,6 @@ impl Scheduler {
         self.parked.contains(unit)
     }
 
-    pub fn is_failing(&self, unit: &str) -> bool {
-        self.failures.contains_key(unit)
-    }
-
-    pub fn any_failing(&self) -> bool {
-        !self.failures.is_empty()
-    }
-
     /// A reload failed (or is owed from before a restart), finishing at
     /// `finished`: retried after the backoff of its attempt, from then.
     pub fn reload_failed(&mut self, retry: ReloadRetry, finished: Instant) -> Duration {

@@ -170,16 +170,6 @@ impl Workers {
         Some(self.queued.swap_remove(index))
     }
 
-    /// Units whose pipeline has run for at least `threshold`.
-    pub fn running_longer_than(&self, threshold: Duration) -> Vec<&str> {
-        let now = Instant::now();
-        self.running
-            .iter()
-            .filter(|(_, since)| now.duration_since(**since) >= threshold)
-            .map(|(name, _)| name.as_str())
-            .collect()
-    }
-
     /// The next finished task. A task that panicked is reported as a
     /// failure of what it ran. Pending forever while nothing runs.
     pub async fn next(&mut self) -> Done {
