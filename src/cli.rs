@@ -123,6 +123,13 @@ pub enum Command {
     /// Validate a confdir without a backend: parse every resource, compile
     /// every template, and list the keys each resource may read.
     Check,
+    /// Ask a running confera (at --metrics-addr) how each resource is doing;
+    /// exit 0 when healthy, 1 when not, 2 when it cannot be reached
+    Status {
+        /// Print the /status JSON document instead of a table
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
@@ -239,6 +246,18 @@ pub struct ModeArgs {
     /// Debounce in watch mode: render after MIN of quiet, at most MAX after the first change [default: 50ms:1s]
     #[arg(long, env = "CONFERA_WAIT", value_name = "MIN[:MAX]")]
     pub wait: Option<Wait>,
+    /// A render running longer is abandoned and its resource marked failed until its inputs change [default: 10s]
+    #[arg(long, env = "CONFERA_RENDER_TIMEOUT", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
+    pub render_timeout: Option<std::time::Duration>,
+    /// A render whose output grows past BYTES is abandoned [default: 67108864 (64 MiB)]
+    #[arg(long, env = "CONFERA_MAX_OUTPUT", value_name = "BYTES")]
+    pub max_output: Option<u64>,
+    /// A resource whose work runs longer than this is reported stuck in /status and /healthz [default: 60s]
+    #[arg(long, env = "CONFERA_STUCK_AFTER", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
+    pub stuck_after: Option<std::time::Duration>,
+    /// Where confera keeps the reloads it still owes across restarts [default: $STATE_DIRECTORY or /var/lib/confera]
+    #[arg(long, env = "CONFERA_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -274,7 +293,12 @@ pub struct LogArgs {
     #[arg(long, env = "CONFERA_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
     /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9100)
-    #[arg(long, env = "CONFERA_METRICS_ADDR", value_name = "HOST:PORT")]
+    #[arg(
+        long,
+        global = true,
+        env = "CONFERA_METRICS_ADDR",
+        value_name = "HOST:PORT"
+    )]
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
@@ -319,7 +343,7 @@ fn print_generated(command: &Command) -> std::io::Result<bool> {
         }
         Command::Man => clap_mangen::Man::new(cmd).render(&mut text)?,
         Command::Flatten { null, files } => flatten(files, *null, &mut text)?,
-        Command::Check => return Ok(false),
+        Command::Check | Command::Status { .. } => return Ok(false),
     }
     write_stdout(&text)?;
     Ok(true)

@@ -145,9 +145,16 @@ pub async fn run(command: &str, timeout: Duration) -> Result<CommandOutput, Comm
             command: command.to_owned(),
             source,
         })?;
+    // A run cut short (its future dropped at shutdown) kills the whole
+    // group, not only the shell that kill_on_drop reaches.
+    let mut group = GroupGuard(child.id());
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
-    let deadline = Instant::now() + timeout;
+    // A timeout too large to represent means "no timeout", not a panic.
+    let now = Instant::now();
+    let deadline = now
+        .checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(60 * 60 * 24 * 365 * 30));
 
     let mut out = Tail::default();
     let mut err = Tail::default();
@@ -162,10 +169,14 @@ pub async fn run(command: &str, timeout: Duration) -> Result<CommandOutput, Comm
                 _ = &mut drain, if !drained => drained = true,
                 _ = tokio::time::sleep_until(deadline) => {
                     kill_group(&mut child).await;
+                    group.0 = None;
                     return Err(CommandError::TimedOut { command: command.to_owned(), timeout });
                 }
             }
         };
+        // The shell exited: what it left running (a daemon a reload script
+        // started) is not ours to kill.
+        group.0 = None;
         if !drained {
             let _ = tokio::time::timeout(PIPE_GRACE, &mut drain).await;
         }
@@ -189,6 +200,19 @@ pub async fn run(command: &str, timeout: Duration) -> Result<CommandOutput, Comm
         stdout_tail: out.into_string(),
         stderr_tail,
     })
+}
+
+/// SIGKILLs a command's process group when dropped while armed. Declared
+/// after the child, so it runs while the unreaped shell still holds its pid
+/// (and so the group id) and no other process can have taken it.
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(id) = self.0 {
+            let _ = killpg(Pid::from_raw(id as i32), Signal::SIGKILL);
+        }
+    }
 }
 
 /// SIGKILLs the child's whole process group, then reaps the child.
@@ -476,6 +500,28 @@ mod tests {
         assert_eq!(output.stdout_tail, "started\n");
         for pid in read_pids(&pids) {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_cut_short_kills_the_whole_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pids = dir.path().join("pids");
+        let command = format!(
+            "sleep 1000 & echo $! >> {p}; echo $$ >> {p}; sleep 1000",
+            p = pids.display()
+        );
+        let run = tokio::spawn(async move { run(&command, Duration::from_secs(100)).await });
+        let deadline = StdInstant::now() + Duration::from_secs(5);
+        while read_pids(&pids).len() < 2 && StdInstant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        run.abort();
+        let _ = run.await;
+        let pids = read_pids(&pids);
+        assert_eq!(pids.len(), 2, "both started");
+        for pid in pids {
+            assert!(wait_dead(pid), "{pid} is still running");
         }
     }
 

@@ -12,7 +12,7 @@ use crate::settings::Settings;
 /// The loaded configuration: every unit and the compiled templates.
 pub struct Config {
     pub units: Vec<Unit>,
-    pub renderer: Renderer,
+    pub renderer: std::sync::Arc<Renderer>,
 }
 
 impl Config {
@@ -22,7 +22,7 @@ impl Config {
             prefix: &settings.prefix,
         };
         let units = resource::load_all(&layout)?;
-        let renderer = Renderer::load(&layout.templates_dir(), &units)?;
+        let renderer = std::sync::Arc::new(Renderer::load(&layout.templates_dir(), &units)?);
         Ok(Config { units, renderer })
     }
 

@@ -85,6 +85,11 @@ pub enum UnitError {
     #[error("destination {0}")]
     Destination(#[from] crate::pipeline::pinned::PathError),
 
+    /// A render stopped at its time or output size limit; the resource
+    /// stays failed until its inputs or templates change.
+    #[error("render {template}: abandoned at its {limit}")]
+    RenderLimit { template: String, limit: String },
+
     #[error("staging {path}: {source}", path = .path.display())]
     Stage {
         path: PathBuf,

@@ -36,6 +36,10 @@ pub struct Unit {
     /// Also check with BIRD's own parser: `configure check "<staged>"` over
     /// `bird_socket`.
     pub bird_check: bool,
+    /// This resource's render time limit (else `--render-timeout`).
+    pub render_timeout: Option<Duration>,
+    /// This resource's render output limit in bytes (else `--max-output`).
+    pub max_output: Option<u64>,
 }
 
 /// One rendered file.
@@ -477,6 +481,11 @@ impl Ctx<'_> {
             wait,
             drift: shared.drift.unwrap_or_default(),
             bird_check,
+            render_timeout: shared
+                .render_timeout
+                .map(|t| parse_duration(&t).map_err(|m| self.err("render_timeout", m)))
+                .transpose()?,
+            max_output: shared.max_output,
         })
     }
 }
@@ -625,6 +634,8 @@ raw_structs! {
         wait: String,
         drift: Drift,
         bird_check: bool,
+        render_timeout: String,
+        max_output: u64,
         bird_configure: BirdConfigure,
         secret: bool,
         secret_keys: Vec<String>,

@@ -8,13 +8,14 @@ use crate::audit;
 use crate::cli::{Cli, Command};
 use crate::config::Config;
 use crate::error::ConfigError;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{BatchReport, Pipeline, RenderLimits};
 use crate::resource::Unit;
 use crate::settings::{Mode, Settings};
 use crate::source::Source;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::Telemetry;
 use crate::watch;
+use crate::watch::owed::Owed;
 use crate::RunStatus;
 
 /// Runs confera until done (`--onetime`, `check`) or until `shutdown`
@@ -27,21 +28,50 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunStatus, ConfigError> {
+    if let Some(Command::Status { json }) = cli.command {
+        return crate::telemetry::status::query(settings.metrics_addr, json).await;
+    }
     let config = Config::load(&settings)?;
     if let Some(Command::Check) = cli.command {
         return Ok(audit::audit(&config));
     }
+    raise_descriptor_limit();
     // Completions and the man page are printed by the binary before settings load.
     if settings.mode == Mode::Onetime {
         return onetime(&settings, &config, &Metrics::new()).await;
     }
     let telemetry = Telemetry::start(&settings).await?;
+    telemetry.declare(settings.backend.label(), &config.units);
     let status = match settings.mode {
         Mode::Poll { interval } => poll(&settings, &config, interval, &telemetry, shutdown).await,
         _ => watch::run(cli, settings, config, &telemetry, shutdown).await,
     };
     telemetry.stop().await;
     status
+}
+
+/// Raises the soft limit on open files to the hard one: systemd's default
+/// soft limit of 1024 is small for a daemon that stages many files while
+/// serving metrics.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::debug!(error = %e, soft, hard, "cannot raise the open files limit");
+            }
+        }
+        _ => {}
+    }
+}
+
+fn pipeline(settings: &Settings, config: &Config, metrics: &Metrics) -> Pipeline {
+    let mut pipeline = Pipeline::new(config.renderer.clone(), settings.options, metrics.clone());
+    pipeline.limits = RenderLimits {
+        timeout: settings.limits.render_timeout,
+        max_output: settings.limits.max_output,
+    };
+    pipeline
 }
 
 async fn onetime(
@@ -59,22 +89,76 @@ async fn onetime(
     if !settings.options.noop {
         config.remove_stale_stages();
     }
-    let pipeline = Pipeline {
-        renderer: &config.renderer,
-        options: settings.options,
-        metrics,
-        keep: None,
-    };
+    let pipeline = pipeline(settings, config, metrics);
+    let mut owed = owed_reloads(settings, config);
     let units: Vec<&Unit> = config.units.iter().collect();
     let report = pipeline.run_batch(&units, &store).await;
-    Ok(if report.failures() == 0 {
+    let failed_owed = pay_owed(&pipeline, &mut owed, &report, None).await;
+    Ok(if report.failures() == 0 && failed_owed == 0 {
         RunStatus::Success
     } else {
         RunStatus::Failed
     })
 }
 
-/// confd's default mode: a full snapshot and render every `interval`.
+fn owed_reloads(settings: &Settings, config: &Config) -> Owed {
+    let persist = !settings.options.noop && !settings.options.sync_only;
+    Owed::load(
+        &settings.state_dir,
+        &settings.confdir,
+        &config.units,
+        persist,
+    )
+}
+
+/// Records the batch's reloads in the owed record, then retries every
+/// reload still owed that the batch did not run. Returns how many failed.
+async fn pay_owed(
+    pipeline: &Pipeline,
+    owed: &mut Owed,
+    report: &BatchReport,
+    telemetry: Option<&Telemetry>,
+) -> usize {
+    let pending = |units: &[String], pending: bool, error: Option<String>| {
+        if let Some(t) = telemetry {
+            for unit in units {
+                t.status.reload_pending(unit, pending, error.clone());
+            }
+        }
+    };
+    for key in &report.reloaded {
+        owed.paid(key);
+    }
+    for (key, units, e) in &report.failed_reloads {
+        owed.owe(key, units);
+        pending(units, true, Some(format!("reload failed: {e}")));
+    }
+    if !pipeline.reloads() {
+        return report.failed_reloads.len();
+    }
+    let mut failed = report.failed_reloads.len();
+    for (key, units) in owed.all() {
+        if report.failed_reloads.iter().any(|(k, _, _)| *k == key) {
+            continue;
+        }
+        tracing::info!(resources = %units.join(","), "retrying an owed reload");
+        match pipeline.reload(&key, &units).await {
+            Ok(()) => {
+                owed.paid(&key);
+                pending(&units, false, None);
+            }
+            Err(e) => {
+                failed += 1;
+                pending(&units, true, Some(format!("reload failed: {e}")));
+            }
+        }
+    }
+    failed
+}
+
+/// confd's default mode: a full snapshot and render every `interval`. A
+/// reload that failed is owed, and retried at every poll until it works,
+/// even when the files no longer change.
 async fn poll(
     settings: &Settings,
     config: &Config,
@@ -84,26 +168,30 @@ async fn poll(
 ) -> Result<RunStatus, ConfigError> {
     let mut source = Source::connect(settings).await?;
     config.remove_stale_stages();
-    let pipeline = Pipeline {
-        renderer: &config.renderer,
-        options: settings.options,
-        metrics: &telemetry.metrics,
-        keep: None,
-    };
+    let pipeline = pipeline(settings, config, &telemetry.metrics);
+    let mut owed = owed_reloads(settings, config);
     let units: Vec<&Unit> = config.units.iter().collect();
     tokio::pin!(shutdown);
     loop {
         match source.snapshot(&config.prefixes()).await {
             Ok(store) => {
-                telemetry.health.set_healthy();
+                telemetry.status.link_up();
                 telemetry.metrics.keys(store.len());
-                let report = pipeline.run_batch(&units, &Arc::new(store)).await;
-                if report.failures() == 0 {
-                    telemetry.ready();
+                for unit in &units {
+                    telemetry.status.started(&unit.name);
                 }
+                let revision = store.revision();
+                let report = pipeline.run_batch(&units, &Arc::new(store)).await;
+                pay_owed(&pipeline, &mut owed, &report, Some(telemetry)).await;
+                for (name, result) in &report.units {
+                    let result = result.as_ref().map(drop).map_err(ToString::to_string);
+                    telemetry.status.finished(name, revision, result);
+                }
+                // Ready once the first batch was attempted; failures show per resource.
+                telemetry.ready();
             }
             Err(e) => {
-                telemetry.health.set_unhealthy(e.to_string());
+                telemetry.status.link_down(e.to_string());
                 tracing::error!(error = %e, "snapshot failed; keeping the current files");
             }
         }

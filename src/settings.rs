@@ -51,6 +51,40 @@ pub struct Settings {
     pub password: Option<String>,
     pub tls: Option<Tls>,
     pub metrics_addr: Option<std::net::SocketAddr>,
+    pub limits: Limits,
+    /// Where the owed-reload record lives.
+    pub state_dir: PathBuf,
+}
+
+/// What one resource's work may take in watch mode (a resource may set
+/// its own `render_timeout` and `max_output`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub render_timeout: Duration,
+    pub max_output: u64,
+    /// Work running longer than this shows as stuck in health and status.
+    pub stuck_after: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            render_timeout: Duration::from_secs(10),
+            max_output: 64 * 1024 * 1024,
+            stuck_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `$STATE_DIRECTORY` (systemd's `StateDirectory=`) or `/var/lib/confera`.
+fn default_state_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .and_then(|dirs| {
+            // systemd joins several directories with ':'; the first is ours.
+            let first = dirs.to_string_lossy().split(':').next()?.to_string();
+            (!first.is_empty()).then(|| PathBuf::from(first))
+        })
+        .unwrap_or_else(|| PathBuf::from("/var/lib/confera"))
 }
 
 /// TLS to etcd: a CA to trust and optionally a client certificate.
@@ -77,6 +111,8 @@ impl std::fmt::Debug for Settings {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("tls", &self.tls)
             .field("metrics_addr", &self.metrics_addr)
+            .field("limits", &self.limits)
+            .field("state_dir", &self.state_dir)
             .finish_non_exhaustive()
     }
 }
@@ -122,6 +158,10 @@ pub struct FileSettings {
     #[serde(alias = "client_cakeys")]
     pub client_ca_keys: Option<PathBuf>,
     pub metrics_addr: Option<std::net::SocketAddr>,
+    pub render_timeout: Option<String>,
+    pub max_output: Option<u64>,
+    pub stuck_after: Option<String>,
+    pub state_dir: Option<PathBuf>,
     /// The file this came from (none for defaults).
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -296,6 +336,7 @@ impl FileSettings {
             &mut self.client_cert,
             &mut self.client_key,
             &mut self.client_ca_keys,
+            &mut self.state_dir,
         ];
         singles.into_iter().flatten().for_each(join);
         self.files.iter_mut().flatten().for_each(join);
@@ -548,7 +589,33 @@ impl Settings {
             ));
         }
         let tls = (tls.ca.is_some() || tls.cert.is_some()).then_some(tls);
+        let file_duration = |name: &str, text: Option<String>| {
+            text.map(|t| crate::duration::parse_duration(&t))
+                .transpose()
+                .map_err(|e| ConfigError::Settings(format!("settings file: {name}: {e}")))
+        };
+        let defaults = Limits::default();
+        let limits = Limits {
+            render_timeout: m
+                .render_timeout
+                .or(file_duration("render_timeout", file.render_timeout)?)
+                .unwrap_or(defaults.render_timeout),
+            max_output: m
+                .max_output
+                .or(file.max_output)
+                .unwrap_or(defaults.max_output),
+            stuck_after: m
+                .stuck_after
+                .or(file_duration("stuck_after", file.stuck_after)?)
+                .unwrap_or(defaults.stuck_after),
+        };
         Ok(Settings {
+            limits,
+            state_dir: m
+                .state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or_else(default_state_dir),
             tls,
             metrics_addr: cli.logging.metrics_addr.or(file.metrics_addr),
             confdir,

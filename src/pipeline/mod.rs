@@ -12,20 +12,22 @@ pub mod compare;
 pub mod pinned;
 pub mod stage;
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
 use crate::error::{CheckFailure, ReloadFailure, UnitError};
 use crate::reload;
-use crate::render::{self, KeyRead, Renderer};
+use crate::render::{self, KeyRead, Rendered, Renderer};
 use crate::resource::{Reload, Template, Unit};
 use crate::store::Store;
 use crate::telemetry::metrics::Metrics;
-use compare::FileState;
+use compare::{FileState, Fingerprint};
 use stage::Stage;
 
 /// What the run is allowed to do.
@@ -49,10 +51,12 @@ pub enum Outcome {
     /// `--noop` and the output differs from the destinations.
     WouldChange,
     /// `written` destinations were committed; `files` is every member's
-    /// state as it now is.
+    /// state as it now is. `reload` is false when only modes or owners
+    /// changed: the daemon reads the same configuration as before.
     Committed {
         written: Vec<PathBuf>,
         files: Vec<Committed>,
+        reload: bool,
     },
 }
 
@@ -65,14 +69,20 @@ impl Outcome {
             Outcome::WouldChange => &[],
         }
     }
+
+    /// Whether the unit's daemon must re-read its configuration.
+    pub fn needs_reload(&self) -> bool {
+        matches!(self, Outcome::Committed { reload: true, .. })
+    }
 }
 
-/// A destination (the file a commit writes, see `pinned::Target`) and the
-/// state a render gave it.
+/// A destination (the file a commit writes, see `pinned::Target`) and a
+/// fingerprint of the state a render gave it: enough to notice drift,
+/// without a copy of the output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
     pub dest: PathBuf,
-    pub state: FileState,
+    pub state: Fingerprint,
 }
 
 /// What a unit would write: every member, changed or not.
@@ -134,7 +144,7 @@ impl Planned<'_> {
     fn as_committed(&self) -> Committed {
         Committed {
             dest: self.dest.clone(),
-            state: self.want.clone(),
+            state: Fingerprint::of(&self.want),
         }
     }
 }
@@ -145,9 +155,9 @@ pub struct BatchReport {
     /// Units processed, with their outcome or error, in batch order.
     pub units: Vec<(String, Result<Outcome, UnitError>)>,
     /// Reload actions that failed, with the units that wanted them.
-    pub failed_reloads: Vec<(Reload, Vec<String>, ReloadFailure)>,
+    pub failed_reloads: Vec<(ReloadKey, Vec<String>, ReloadFailure)>,
     /// Reload actions that succeeded.
-    pub reloaded: Vec<Reload>,
+    pub reloaded: Vec<ReloadKey>,
 }
 
 impl BatchReport {
@@ -156,17 +166,83 @@ impl BatchReport {
     }
 }
 
-pub struct Pipeline<'a> {
-    pub renderer: &'a Renderer,
-    pub options: Options,
-    pub metrics: &'a Metrics,
-    /// Attributes to keep where a template sets none, by destination; else
-    /// the destination's current ones are kept.
-    pub keep: Option<&'a KeepAttributes<'a>>,
+/// One reload of one daemon: units with equal reload settings share it,
+/// except that a reload which names the destination (`{{dest}}` in
+/// `reload_cmd`, `bird_configure = "file"`) is one per destination.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReloadKey {
+    pub action: Reload,
+    /// The destination the action is told about.
+    pub dest: PathBuf,
 }
 
-/// Looks up the attributes to keep for a destination.
-pub type KeepAttributes<'a> = dyn Fn(&Path) -> Option<Attributes> + 'a;
+impl ReloadKey {
+    /// The reload of `unit`, or `None` when it reloads nothing.
+    pub fn of(unit: &Unit) -> Option<ReloadKey> {
+        if unit.reload.is_none() {
+            return None;
+        }
+        let dest = unit.templates[0].dest.clone();
+        Some(ReloadKey {
+            dest: if uses_dest(&unit.reload) {
+                dest
+            } else {
+                // Any member's destination would do; the key must not differ.
+                PathBuf::new()
+            },
+            action: unit.reload.clone(),
+        })
+    }
+}
+
+/// Whether a reload action is told the destination's path.
+fn uses_dest(action: &Reload) -> bool {
+    let file = action.bird_socket.is_some()
+        && action.bird_configure == crate::resource::BirdConfigure::File;
+    let cmd = action.cmd.as_deref().is_some_and(|c| {
+        let expanded = crate::command::expand(c, Path::new("\0"), Path::new("\0"));
+        expanded != c
+    });
+    file || cmd
+}
+
+/// What one render may take: the global settings, which a unit may lower
+/// or raise for itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenderLimits {
+    pub timeout: Duration,
+    pub max_output: u64,
+}
+
+impl Default for RenderLimits {
+    fn default() -> Self {
+        let limits = crate::settings::Limits::default();
+        RenderLimits {
+            timeout: limits.render_timeout,
+            max_output: limits.max_output,
+        }
+    }
+}
+
+/// Everything a unit's pipeline needs; cheap to clone, so each resource
+/// worker owns one.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub renderer: Arc<Renderer>,
+    pub options: Options,
+    pub metrics: Metrics,
+    pub limits: RenderLimits,
+    /// Attributes to keep where a template sets none, by destination; else
+    /// the destination's current ones are kept.
+    pub keep: Arc<HashMap<PathBuf, Attributes>>,
+    /// Renders abandoned at their time limit, by unit, with a flag their
+    /// thread sets when it ends: a unit gets no second render thread while
+    /// one it abandoned still runs, so runaway renders cannot pile up.
+    pub abandoned: Abandoned,
+}
+
+/// See [`Pipeline::abandoned`].
+pub type Abandoned = Arc<std::sync::Mutex<HashMap<String, Arc<AtomicBool>>>>;
 
 /// A file's mode and owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +253,14 @@ pub struct Attributes {
 }
 
 impl Attributes {
+    pub fn of_fingerprint(state: &Fingerprint) -> Attributes {
+        Attributes {
+            mode: state.mode,
+            uid: state.uid,
+            gid: state.gid,
+        }
+    }
+
     pub fn of(state: &FileState) -> Attributes {
         Attributes {
             mode: state.mode,
@@ -186,59 +270,80 @@ impl Attributes {
     }
 }
 
-impl Pipeline<'_> {
-    /// Processes `units` against one store snapshot, then reloads.
+impl Pipeline {
+    pub fn new(renderer: Arc<Renderer>, options: Options, metrics: Metrics) -> Pipeline {
+        Pipeline {
+            renderer,
+            options,
+            metrics,
+            limits: RenderLimits::default(),
+            keep: Arc::default(),
+            abandoned: Abandoned::default(),
+        }
+    }
+
+    /// Processes `units` against one store snapshot, then runs each
+    /// distinct reload once (one-shot and polling modes; watch mode runs
+    /// units on their own workers and calls [`Pipeline::reload`]).
     pub async fn run_batch(&self, units: &[&Unit], store: &Arc<Store>) -> BatchReport {
         let mut report = BatchReport::default();
-        let mut reloads: Vec<(Reload, PathBuf, Vec<String>)> = Vec::new();
+        let mut reloads: Vec<(ReloadKey, Vec<String>)> = Vec::new();
         for unit in units {
             let span = tracing::info_span!("resource", resource = %unit.name);
             let result = self.process(unit, store).instrument(span).await;
-            if result.is_ok() {
-                self.metrics.unit_success(&unit.name);
-            }
-            match &result {
-                Ok(Outcome::Committed { .. }) if self.reloads() && !unit.reload.is_none() => {
-                    match reloads.iter_mut().find(|(r, _, _)| *r == unit.reload) {
-                        Some((_, _, names)) => names.push(unit.name.clone()),
-                        None => reloads.push((
-                            unit.reload.clone(),
-                            unit.templates[0].dest.clone(),
-                            vec![unit.name.clone()],
-                        )),
+            match (&result, ReloadKey::of(unit)) {
+                (Ok(outcome), Some(key)) if outcome.needs_reload() && self.reloads() => {
+                    match reloads.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, names)) => names.push(unit.name.clone()),
+                        None => reloads.push((key, vec![unit.name.clone()])),
                     }
                 }
-                Err(e) => tracing::error!(resource = %unit.name, error = %e, "unit failed"),
-                _ => {}
+                (Ok(_), _) => self.metrics.unit_success(&unit.name),
+                (Err(e), _) => tracing::error!(resource = %unit.name, error = %e, "unit failed"),
             }
             report.units.push((unit.name.clone(), result));
         }
-        for (action, dest, names) in reloads {
-            let span = tracing::info_span!("reload", resources = %names.join(","));
-            let result = reload::reload(&action, &dest).instrument(span).await;
-            for name in &names {
-                self.metrics
-                    .reload(name, reload::method(&action), result.is_ok());
-            }
-            match result {
-                Ok(()) => report.reloaded.push(action),
-                Err(e) => {
-                    tracing::error!(resources = %names.join(","), error = %e, "reload failed");
-                    report.failed_reloads.push((action, names, e));
-                }
+        for (key, names) in reloads {
+            match self.reload(&key, &names).await {
+                Ok(()) => report.reloaded.push(key),
+                Err(e) => report.failed_reloads.push((key, names, e)),
             }
         }
         report
     }
 
-    fn reloads(&self) -> bool {
+    /// Runs one reload for `names`, counts it, and on success records each
+    /// unit's last success (a unit has succeeded once its daemon took it).
+    pub async fn reload(&self, key: &ReloadKey, names: &[String]) -> Result<(), ReloadFailure> {
+        let span = tracing::info_span!("reload", resources = %names.join(","));
+        let result = reload::reload(&key.action, &key.dest)
+            .instrument(span)
+            .await;
+        for name in names {
+            self.metrics
+                .reload(name, reload::method(&key.action), result.is_ok());
+            if result.is_ok() {
+                self.metrics.unit_success(name);
+            }
+        }
+        if let Err(e) = &result {
+            tracing::error!(resources = %names.join(","), error = %e, "reload failed");
+        }
+        result
+    }
+
+    /// Whether this run reloads anything at all.
+    pub fn reloads(&self) -> bool {
         !self.options.noop && !self.options.sync_only
     }
 
     /// Renders, compares, stages, checks and commits one unit.
     pub async fn process(&self, unit: &Unit, store: &Arc<Store>) -> Result<Outcome, UnitError> {
         let started = Instant::now();
-        let planned = self.plan(unit, store);
+        let planned = match self.render(unit, store).await {
+            Ok(rendered) => self.plan(unit, rendered),
+            Err(e) => Err(e),
+        };
         self.metrics
             .render(&unit.name, planned.is_ok(), started.elapsed());
         let planned = planned?;
@@ -247,6 +352,10 @@ impl Pipeline<'_> {
             .map(|p| compare::difference(p.have.as_ref(), &p.want).any())
             .collect();
         let files: Vec<Committed> = planned.iter().map(Planned::as_committed).collect();
+        let reload = planned.iter().any(|p| {
+            let d = compare::difference(p.have.as_ref(), &p.want);
+            d.missing || d.content
+        });
         if !changed.contains(&true) {
             tracing::debug!("unchanged");
             return Ok(Outcome::Unchanged { files });
@@ -266,6 +375,8 @@ impl Pipeline<'_> {
                 return Err(check_error(&stage, &failure, &planned));
             }
         }
+        // No await from here to the end of the commits: a shutdown that
+        // drops this future can never stop between two of them.
         let mut written = Vec::new();
         for (file, changed) in stage.files().iter().zip(&changed) {
             if !changed {
@@ -281,14 +392,87 @@ impl Pipeline<'_> {
             written.push(file.dest.clone());
         }
         self.metrics.commit(&unit.name);
-        Ok(Outcome::Committed { written, files })
+        Ok(Outcome::Committed {
+            written,
+            files,
+            reload,
+        })
     }
 
-    /// Renders every member and works out what it should look like.
-    fn plan<'u>(&self, unit: &'u Unit, store: &Arc<Store>) -> Result<Vec<Planned<'u>>, UnitError> {
+    /// Renders every member on a thread of its own, within the unit's time
+    /// and output limits. A render past its time is abandoned: its thread is
+    /// told to stop at its next write and nobody waits for it.
+    async fn render(&self, unit: &Unit, store: &Arc<Store>) -> Result<Vec<Rendered>, UnitError> {
+        let timeout = unit.render_timeout.unwrap_or(self.limits.timeout);
+        let max_output = unit.max_output.unwrap_or(self.limits.max_output);
+        let max_output = usize::try_from(max_output).unwrap_or(usize::MAX);
+        {
+            let mut abandoned = self.abandoned.lock().unwrap_or_else(|p| p.into_inner());
+            match abandoned.get(&unit.name) {
+                Some(ended) if !ended.load(Ordering::Acquire) => {
+                    return Err(UnitError::RenderLimit {
+                        template: unit.templates[0].src.clone(),
+                        limit: "time limit (a render abandoned earlier is still running)".into(),
+                    });
+                }
+                Some(_) => {
+                    abandoned.remove(&unit.name);
+                }
+                None => {}
+            }
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        let ended = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = {
+            let (renderer, store, cancel) = (self.renderer.clone(), store.clone(), cancel.clone());
+            let ended = ended.clone();
+            let templates = unit.templates.clone();
+            move || {
+                let rendered: Result<Vec<Rendered>, UnitError> = templates
+                    .iter()
+                    .map(|t| renderer.render_limited(t, &store, max_output, &cancel))
+                    .collect();
+                ended.store(true, Ordering::Release);
+                let _ = tx.send(rendered);
+            }
+        };
+        let failed = |message: String| UnitError::Render {
+            template: unit.templates[0].src.clone(),
+            line: None,
+            message,
+        };
+        // A plain thread, not spawn_blocking: the runtime waits for blocking
+        // tasks at exit, and an abandoned render must not hold up shutdown.
+        std::thread::Builder::new()
+            .name(format!("render {}", unit.name))
+            .spawn(job)
+            .map_err(|e| failed(format!("cannot start a render thread: {e}")))?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(rendered)) => rendered,
+            Ok(Err(_)) => Err(failed("the render thread panicked".into())),
+            Err(_) => {
+                cancel.store(true, Ordering::Relaxed);
+                self.abandoned
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(unit.name.clone(), ended);
+                Err(UnitError::RenderLimit {
+                    template: unit.templates[0].src.clone(),
+                    limit: format!("time limit of {timeout:?}"),
+                })
+            }
+        }
+    }
+
+    /// Works out what every member should look like.
+    fn plan<'u>(
+        &self,
+        unit: &'u Unit,
+        rendered: Vec<Rendered>,
+    ) -> Result<Vec<Planned<'u>>, UnitError> {
         let mut planned = Vec::with_capacity(unit.templates.len());
-        for template in &unit.templates {
-            let rendered = self.renderer.render(template, store)?;
+        for (template, rendered) in unit.templates.iter().zip(rendered) {
             // Never through a link an unprivileged user could have planted.
             let target = pinned::Target::resolve(&template.dest, template.follow_symlink)?;
             let have = compare::read(&target)?;
@@ -297,7 +481,8 @@ impl Pipeline<'_> {
             // destination has (as confd does), else 0644 and our own ids.
             let kept = self
                 .keep
-                .and_then(|keep| keep(&dest))
+                .get(&dest)
+                .copied()
                 .or(have.as_ref().map(Attributes::of));
             let want = FileState {
                 content: rendered.text.into_bytes(),

@@ -274,12 +274,20 @@ pub fn remove_stale(dir: &Path, unit: &str) -> usize {
         let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
             continue;
         };
-        let pid = rest.split('-').next().and_then(|p| p.parse::<i32>().ok());
-        let owner_alive = pid.is_some_and(|pid| {
-            pid != std::process::id() as i32
-                && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
-        });
-        if owner_alive {
+        // Exactly `<pid>-<8 hex digits>`: unit `bird` must not take `bird-v6`'s.
+        let Some((pid, tag)) = rest.split_once('-') else {
+            continue;
+        };
+        let hex = tag.len() == 8 && tag.bytes().all(|b| b.is_ascii_hexdigit());
+        let Some(pid) = pid.parse::<i32>().ok().filter(|p| *p > 0 && hex) else {
+            continue;
+        };
+        // Only ESRCH says the owner is gone; EPERM means it lives as another user.
+        let gone = matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        if pid != std::process::id() as i32 && !gone {
             continue;
         }
         let path = parent.path().join(&name);
@@ -408,5 +416,17 @@ mod tests {
             other.exists(),
             "another unit's directory is not ours to remove"
         );
+    }
+
+    #[test]
+    fn a_unit_whose_name_extends_another_keeps_its_staging_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let v6 = dir
+            .path()
+            .join(format!("{}999999999-0000abcd", stage_prefix("bird-v6")));
+        fs::create_dir(&v6).unwrap();
+        assert_eq!(remove_stale(dir.path(), "bird"), 0);
+        assert!(v6.exists(), "bird took bird-v6's directory");
+        assert_eq!(remove_stale(dir.path(), "bird-v6"), 1);
     }
 }

@@ -91,6 +91,45 @@ impl Renderer {
         })
     }
 
+    /// Like [`Renderer::render`], but stops as soon as the output passes
+    /// `max_output` bytes or `cancel` is set (a time limit ran out), so an
+    /// abandoned render ends and its memory stays bounded.
+    pub fn render_limited(
+        &self,
+        template: &Template,
+        store: &Arc<Store>,
+        max_output: usize,
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<Rendered, UnitError> {
+        filters::take_rejected();
+        output::take_refusal();
+        let guard = functions::Scope::enter(store.clone(), template);
+        let mut out = LimitedWriter {
+            buf: Vec::new(),
+            max: max_output,
+            cancel,
+            stopped: None,
+        };
+        let result = self
+            .tera
+            .render_to(&template.src, &Context::new(), &mut out);
+        let (reads, origins) = guard.finish();
+        if let Some(limit) = out.stopped {
+            return Err(UnitError::RenderLimit {
+                template: template.src.clone(),
+                limit,
+            });
+        }
+        match result {
+            // Tera writes only the UTF-8 of its strings.
+            Ok(()) => Ok(Rendered {
+                text: String::from_utf8_lossy(&out.buf).into_owned(),
+                reads,
+            }),
+            Err(e) => Err(self.render_error(e, template, store, &reads, &origins)),
+        }
+    }
+
     /// Renders one template against `store`, strictly: a missing key, one
     /// outside the template's keys, or a printed value the output policy
     /// refuses fails the render.
@@ -174,6 +213,32 @@ impl Renderer {
             .map(|(i, (name, text))| (name, syntax::with_print_markers(text, PRINT_MARKER, i)));
         tera.add_raw_templates(marked).ok()?;
         Some(tera)
+    }
+}
+
+/// An output buffer that refuses to grow past `max` bytes or after `cancel`.
+struct LimitedWriter<'c> {
+    buf: Vec<u8>,
+    max: usize,
+    cancel: &'c std::sync::atomic::AtomicBool,
+    stopped: Option<String>,
+}
+
+impl std::io::Write for LimitedWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            self.stopped = Some("time limit".to_string());
+        } else if self.buf.len() + bytes.len() > self.max {
+            self.stopped = Some(format!("output size limit of {} bytes", self.max));
+        } else {
+            self.buf.extend_from_slice(bytes);
+            return Ok(bytes.len());
+        }
+        Err(std::io::Error::other("render limit reached"))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

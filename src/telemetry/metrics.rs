@@ -1,14 +1,14 @@
 //! Metrics, liveness and readiness, and the tiny HTTP server that exposes them.
 //!
-//! Owns the `confera_*` OpenMetrics registry and the `/metrics`, `/healthz`
-//! and `/readyz` endpoints. It never decides anything: the pipeline and the
+//! Owns the `confera_*` OpenMetrics registry and the `/metrics`, `/healthz`,
+//! `/readyz` and `/status` endpoints. It never decides anything: the pipeline and the
 //! watch loop report into it. Labels are bounded: unit names and fixed words,
 //! never keys or values.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http_body_util::Full;
@@ -27,6 +27,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::status::Status;
+
 /// The content type of an OpenMetrics text exposition.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -37,7 +39,10 @@ const RENDER_BUCKETS: [f64; 13] = [
 ];
 
 /// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one connection may stay open, requests and idle time together.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 
 /// How long open connections get to finish after shutdown is requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -94,6 +99,15 @@ struct Inner {
     resyncs: Family<BackendLabels, Counter>,
     events_applied: Family<BackendLabels, Counter>,
     keys: Gauge,
+    last_attempt: Family<ResourceLabels, Gauge<f64, AtomicU64>>,
+    failing: Family<ResourceLabels, Gauge>,
+    stuck: Family<ResourceLabels, Gauge>,
+    reload_pending: Family<ResourceLabels, Gauge>,
+    resource_revision: Family<ResourceLabels, Gauge>,
+    render_limits: Family<ResourceLabels, Counter>,
+    history_changes: Family<BackendLabels, Counter>,
+    history_repairing: Gauge,
+    http_rejected: Counter,
 }
 
 /// All confera metrics, prefixed `confera_`. Cheap to clone (Arc inside).
@@ -195,6 +209,61 @@ impl Metrics {
         );
         let keys = Gauge::default();
         registry.register("store_keys", "Keys held in the store", keys.clone());
+        let last_attempt = Family::<ResourceLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "last_attempt_timestamp",
+            "Unix time of the last render attempt of a resource",
+            Unit::Seconds,
+            last_attempt.clone(),
+        );
+        let failing = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "resource_failing",
+            "Whether a resource's last attempt failed (1) or not (0)",
+            failing.clone(),
+        );
+        let stuck = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "resource_stuck",
+            "Whether a resource's work has run past the stuck threshold (1) or not (0)",
+            stuck.clone(),
+        );
+        let reload_pending = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "reload_pending",
+            "Whether a resource's daemon still owes a reload (1) or not (0)",
+            reload_pending.clone(),
+        );
+        let resource_revision = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "resource_revision",
+            "The backend revision a resource's files reflect",
+            resource_revision.clone(),
+        );
+        let render_limits = Family::<ResourceLabels, Counter>::default();
+        registry.register(
+            "render_limits",
+            "Renders abandoned at their time or output size limit",
+            render_limits.clone(),
+        );
+        let history_changes = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "history_changes",
+            "Rewritten backend histories detected (new cluster or revision gone back)",
+            history_changes.clone(),
+        );
+        let history_repairing = Gauge::default();
+        registry.register(
+            "history_repairing",
+            "Whether a rewritten backend history is being repaired (1) or not (0)",
+            history_repairing.clone(),
+        );
+        let http_rejected = Counter::default();
+        registry.register(
+            "http_connections_rejected",
+            "Metrics connections that could not be accepted (descriptor limits)",
+            http_rejected.clone(),
+        );
 
         Metrics {
             inner: Arc::new(Inner {
@@ -212,6 +281,15 @@ impl Metrics {
                 resyncs,
                 events_applied,
                 keys,
+                last_attempt,
+                failing,
+                stuck,
+                reload_pending,
+                resource_revision,
+                render_limits,
+                history_changes,
+                history_repairing,
+                http_rejected,
             }),
         }
     }
@@ -326,6 +404,125 @@ impl Metrics {
         self.inner.keys.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
+    /// `confera_last_attempt_timestamp_seconds{resource}`.
+    pub fn last_attempt(&self, unit: &str, unix_seconds: f64) {
+        self.inner
+            .last_attempt
+            .get_or_create(&resource(unit))
+            .set(unix_seconds);
+    }
+
+    /// `confera_resource_failing{resource}`.
+    pub fn resource_failing(&self, unit: &str, failing: bool) {
+        self.inner
+            .failing
+            .get_or_create(&resource(unit))
+            .set(i64::from(failing));
+    }
+
+    /// `confera_resource_stuck{resource}`.
+    pub fn resource_stuck(&self, unit: &str, stuck: bool) {
+        self.inner
+            .stuck
+            .get_or_create(&resource(unit))
+            .set(i64::from(stuck));
+    }
+
+    /// `confera_reload_pending{resource}`.
+    pub fn reload_pending(&self, unit: &str, pending: bool) {
+        self.inner
+            .reload_pending
+            .get_or_create(&resource(unit))
+            .set(i64::from(pending));
+    }
+
+    /// `confera_resource_revision{resource}`.
+    pub fn resource_revision(&self, unit: &str, revision: i64) {
+        self.inner
+            .resource_revision
+            .get_or_create(&resource(unit))
+            .set(revision);
+    }
+
+    /// `confera_render_limits_total{resource}`.
+    pub fn render_limit(&self, unit: &str) {
+        self.inner
+            .render_limits
+            .get_or_create(&resource(unit))
+            .inc();
+    }
+
+    /// `confera_history_changes_total{backend}`.
+    pub fn history_change(&self, backend: &str) {
+        self.inner
+            .history_changes
+            .get_or_create(&backend_labels(backend))
+            .inc();
+    }
+
+    /// `confera_history_repairing`.
+    pub fn history_repairing(&self, repairing: bool) {
+        self.inner.history_repairing.set(i64::from(repairing));
+    }
+
+    /// `confera_http_connections_rejected_total`: an accept failed.
+    pub fn http_rejected(&self) {
+        self.inner.http_rejected.inc();
+    }
+
+    /// Creates the series of `backend` and of each resource (with its
+    /// reload method, if it reloads) at zero, so that dashboards and alerts
+    /// see every series before its first event.
+    pub fn declare(&self, backend: &str, resources: &[(&str, Option<&str>)]) {
+        let b = backend_labels(backend);
+        drop(self.inner.backend_up.get_or_create(&b));
+        drop(self.inner.revision.get_or_create(&b));
+        drop(self.inner.watch_restarts.get_or_create(&b));
+        drop(self.inner.resyncs.get_or_create(&b));
+        drop(self.inner.events_applied.get_or_create(&b));
+        drop(self.inner.history_changes.get_or_create(&b));
+        for (unit, method) in resources {
+            let r = resource(unit);
+            for result in ["success", "failure"] {
+                drop(self.inner.renders.get_or_create(&ResultLabels {
+                    resource: (*unit).to_owned(),
+                    result,
+                }));
+                if let Some(method) = method {
+                    drop(self.inner.reloads.get_or_create(&ReloadLabels {
+                        resource: (*unit).to_owned(),
+                        method: fixed(method, &RELOAD_METHODS),
+                        result,
+                    }));
+                }
+            }
+            for action in DRIFT_ACTIONS {
+                drop(self.inner.drift.get_or_create(&DriftLabels {
+                    resource: (*unit).to_owned(),
+                    action,
+                }));
+            }
+            drop(self.inner.commits.get_or_create(&r));
+            drop(self.inner.check_failures.get_or_create(&r));
+            drop(self.inner.render_limits.get_or_create(&r));
+            drop(self.inner.last_success.get_or_create(&r));
+            drop(self.inner.last_attempt.get_or_create(&r));
+            drop(self.inner.failing.get_or_create(&r));
+            drop(self.inner.stuck.get_or_create(&r));
+            drop(self.inner.reload_pending.get_or_create(&r));
+            drop(self.inner.resource_revision.get_or_create(&r));
+        }
+    }
+
+    /// Drops the per-resource gauges of a resource no longer configured.
+    pub fn forget_resource(&self, unit: &str) {
+        let labels = resource(unit);
+        self.inner.failing.remove(&labels);
+        self.inner.stuck.remove(&labels);
+        self.inner.reload_pending.remove(&labels);
+        self.inner.resource_revision.remove(&labels);
+    }
+
     /// The OpenMetrics text exposition, ending with `# EOF`.
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -366,87 +563,27 @@ fn fixed(word: &str, allowed: &[&'static str]) -> &'static str {
         .unwrap_or(OTHER)
 }
 
-/// Liveness and readiness, shared with the HTTP server.
-///
-/// Starts unhealthy ("starting") and not ready.
-#[derive(Clone, Default)]
-pub struct Health {
-    inner: Arc<HealthState>,
-}
-
-struct HealthState {
-    /// `None` when healthy, else the reason.
-    unhealthy: Mutex<Option<String>>,
-    ready: AtomicBool,
-}
-
-impl Default for HealthState {
-    fn default() -> Self {
-        HealthState {
-            unhealthy: Mutex::new(Some("starting".to_owned())),
-            ready: AtomicBool::new(false),
-        }
-    }
-}
-
-impl std::fmt::Debug for Health {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Health")
-            .field("healthy", &self.healthy())
-            .field("ready", &self.ready())
-            .finish()
-    }
-}
-
-impl Health {
-    /// The backend is connected, its watches are alive and the store is in sync.
-    pub fn set_healthy(&self) {
-        *self.lock() = None;
-    }
-
-    /// Something is wrong, e.g. "etcd unreachable: ...".
-    pub fn set_unhealthy(&self, reason: impl Into<String>) {
-        *self.lock() = Some(reason.into());
-    }
-
-    /// The first full render is committed.
-    pub fn set_ready(&self) {
-        self.inner.ready.store(true, Ordering::Release);
-    }
-
-    /// `Ok` when healthy, else the reason.
-    pub fn healthy(&self) -> Result<(), String> {
-        match &*self.lock() {
-            None => Ok(()),
-            Some(reason) => Err(reason.clone()),
-        }
-    }
-
-    pub fn ready(&self) -> bool {
-        self.inner.ready.load(Ordering::Acquire)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        // The state is a plain value, always whole: a panic elsewhere cannot corrupt it.
-        self.inner
-            .unhealthy
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
+/// At most this many metrics connections are open at once. Past it the
+/// server stops accepting (clients wait in the kernel's backlog, holding
+/// none of confera's descriptors), so HTTP clients can never exhaust the
+/// descriptors that staging and commits need.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// Serves GET `/metrics` (OpenMetrics text), `/healthz` (200 "ok" or 503 with
-/// the reason) and `/readyz` (200 "ready" or 503 "not ready"); any other path
-/// is 404, any other method on those paths 405.
+/// the reasons), `/readyz` (200 "ready" or 503 "not ready") and `/status`
+/// (JSON, see [`super::status::Report`]); any other path is 404, any other
+/// method on those paths 405.
 ///
 /// Binds before returning, so a bind error names the address; then serves in
-/// a spawned task, one task per connection, until `shutdown` is cancelled.
-/// Returns the bound address (useful with port 0) and the server task, which
-/// ends once open connections have finished (at most a short grace period).
+/// a spawned task, one task per connection (at most [`MAX_CONNECTIONS`]),
+/// until `shutdown` is cancelled. A connection gets [`HEADER_READ_TIMEOUT`]
+/// to send its headers and [`CONNECTION_LIFETIME`] in all. Returns the bound
+/// address (useful with port 0) and the server task, which ends once open
+/// connections have finished (at most a short grace period).
 pub async fn serve(
     addr: SocketAddr,
     metrics: Metrics,
-    health: Health,
+    status: Status,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await.map_err(|err| {
@@ -457,21 +594,26 @@ pub async fn serve(
     })?;
     let bound = listener.local_addr()?;
     tracing::info!(addr = %bound, "serving metrics and health");
-    let task = tokio::spawn(accept_loop(listener, metrics, health, shutdown));
+    let task = tokio::spawn(accept_loop(listener, metrics, status, shutdown));
     Ok((bound, task))
 }
 
 async fn accept_loop(
     listener: TcpListener,
     metrics: Metrics,
-    health: Health,
+    status: Status,
     shutdown: CancellationToken,
 ) {
     let connections = TaskTracker::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     loop {
+        let slot = tokio::select! {
+            () = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
@@ -481,22 +623,26 @@ async fn accept_loop(
             Err(err) => {
                 // Typically EMFILE: back off instead of spinning, keep serving.
                 tracing::warn!(error = %err, "accepting a metrics connection failed");
+                metrics.http_rejected();
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let metrics = metrics.clone();
-        let health = health.clone();
+        let status = status.clone();
         let service = hyper::service::service_fn(move |request| {
-            let response = respond(&request, &metrics, &health);
+            let response = respond(&request, &metrics, &status);
             async move { Ok::<_, Infallible>(response) }
         });
         let conn = http.serve_connection(TokioIo::new(stream), service);
         let shutdown = shutdown.clone();
         connections.spawn(async move {
+            let _slot = slot;
             tokio::pin!(conn);
             let result = tokio::select! {
                 result = conn.as_mut() => result,
+                // A slow or idle client gives its slot back after a while.
+                () = tokio::time::sleep(CONNECTION_LIFETIME) => Ok(()),
                 () = shutdown.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     match tokio::time::timeout(SHUTDOWN_GRACE, conn.as_mut()).await {
@@ -519,10 +665,10 @@ async fn accept_loop(
 fn respond(
     request: &Request<Incoming>,
     metrics: &Metrics,
-    health: &Health,
+    status: &Status,
 ) -> Response<Full<Bytes>> {
     let path = request.uri().path();
-    if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+    if !matches!(path, "/metrics" | "/healthz" | "/readyz" | "/status") {
         return text(StatusCode::NOT_FOUND, "not found".to_owned());
     }
     if request.method() != Method::GET && request.method() != Method::HEAD {
@@ -537,6 +683,8 @@ fn respond(
     }
     match path {
         "/metrics" => {
+            // Stuck is a matter of time: refresh those gauges first.
+            let _ = status.report(Ok(()));
             let mut response = Response::new(Full::new(Bytes::from(metrics.encode())));
             response.headers_mut().insert(
                 CONTENT_TYPE,
@@ -544,11 +692,23 @@ fn respond(
             );
             response
         }
-        "/healthz" => match health.healthy() {
+        "/status" => {
+            let report = status.report(Ok(()));
+            let body = serde_json::to_string_pretty(&report).unwrap_or_default() + "\n";
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            if !report.healthy {
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        "/healthz" => match status.health() {
             Ok(()) => text(StatusCode::OK, "ok".to_owned()),
             Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason),
         },
-        _ if health.ready() => text(StatusCode::OK, "ready".to_owned()),
+        _ if status.readiness() => text(StatusCode::OK, "ready".to_owned()),
         _ => text(StatusCode::SERVICE_UNAVAILABLE, "not ready".to_owned()),
     }
 }
@@ -697,13 +857,13 @@ mod tests {
 
     #[test]
     fn health_starts_unhealthy_and_not_ready() {
-        let health = Health::default();
-        assert_eq!(health.healthy(), Err("starting".to_owned()));
-        assert!(!health.ready());
-        health.set_healthy();
-        health.set_ready();
-        assert_eq!(health.healthy(), Ok(()));
-        assert!(health.clone().ready());
+        let status = Status::new(Metrics::new(), Duration::from_secs(60));
+        assert_eq!(status.health(), Err("starting".to_owned()));
+        assert!(!status.readiness());
+        status.link_up();
+        status.set_ready();
+        assert_eq!(status.health(), Ok(()));
+        assert!(status.clone().readiness());
     }
 
     /// A tiny HTTP/1.1 client: one request, `Connection: close`, returns
@@ -734,12 +894,15 @@ mod tests {
     async fn start() -> (
         SocketAddr,
         Metrics,
-        Health,
+        Status,
         CancellationToken,
         tokio::task::JoinHandle<()>,
     ) {
-        let (metrics, health, shutdown) =
-            (Metrics::new(), Health::default(), CancellationToken::new());
+        let metrics = Metrics::new();
+        let (health, shutdown) = (
+            Status::new(metrics.clone(), Duration::from_secs(60)),
+            CancellationToken::new(),
+        );
         let (addr, task) = serve(
             "127.0.0.1:0".parse().unwrap(),
             metrics.clone(),
@@ -778,14 +941,14 @@ mod tests {
         assert_eq!(get_async(addr, "/readyz").await.0, 503);
         assert_eq!(get_async(addr, "/readyz").await.2, "not ready");
 
-        health.set_healthy();
+        health.link_up();
         health.set_ready();
         let (status, _, body) = get_async(addr, "/healthz").await;
         assert_eq!((status, body.as_str()), (200, "ok"));
         let (status, _, body) = get_async(addr, "/readyz").await;
         assert_eq!((status, body.as_str()), (200, "ready"));
 
-        health.set_unhealthy("etcd unreachable: connection refused");
+        health.link_down("etcd unreachable: connection refused");
         let (status, _, body) = get_async(addr, "/healthz").await;
         assert_eq!(
             (status, body.as_str()),
@@ -827,7 +990,7 @@ mod tests {
         let err = serve(
             addr,
             Metrics::new(),
-            Health::default(),
+            Status::new(Metrics::new(), Duration::from_secs(60)),
             CancellationToken::new(),
         )
         .await
@@ -851,5 +1014,41 @@ mod tests {
             .unwrap();
         assert!(TcpStream::connect(addr).is_err());
         drop(idle);
+    }
+
+    #[tokio::test]
+    async fn status_is_json_listing_each_resource() {
+        let (addr, _metrics, status, shutdown, _task) = start().await;
+        status.link_up();
+        status.started("bird");
+        status.finished("bird", 12, Ok(()));
+        let (code, head, body) = get_async(addr, "/status").await;
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            head.to_ascii_lowercase().contains("application/json"),
+            "{head}"
+        );
+        let report: crate::telemetry::status::Report = serde_json::from_str(&body).unwrap();
+        assert_eq!(report.resources["bird"].revision, Some(12));
+        assert!(report.healthy);
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_cap_wait_without_holding_descriptors() {
+        let (addr, _metrics, _status, shutdown, _task) = start().await;
+        let idle: Vec<TcpStream> = (0..MAX_CONNECTIONS + 20)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let open = std::fs::read_dir("/proc/self/fd").unwrap().count();
+        // Our own client ends count too; the server holds at most the cap.
+        assert!(
+            open < idle.len() + MAX_CONNECTIONS + 40,
+            "{open} descriptors open"
+        );
+        drop(idle);
+        assert_eq!(get_async(addr, "/healthz").await.0, 503);
+        shutdown.cancel();
     }
 }

@@ -24,8 +24,17 @@ struct Window {
 
 impl Window {
     fn due_at(&self) -> Instant {
-        (self.last + self.wait.min).min(self.first + self.wait.max)
+        after(self.last, self.wait.min).min(after(self.first, self.wait.max))
     }
+}
+
+/// `at + delay`, or a moment decades away when that cannot be represented
+/// (a `--wait` or `--interval` of u64::MAX seconds never panics).
+pub fn after(at: Instant, delay: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
+    at.checked_add(delay)
+        .or_else(|| at.checked_add(FAR))
+        .unwrap_or(at)
 }
 
 impl<K: Hash + Eq + Clone> Default for Debouncer<K> {
@@ -87,6 +96,15 @@ impl<K: Hash + Eq + Clone> Debouncer<K> {
 
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
+    }
+
+    /// When `key` is due, if it is pending.
+    pub fn due_at(&self, key: &K) -> Option<Instant> {
+        self.pending.get(key).map(Window::due_at)
+    }
+
+    pub fn contains(&self, key: &K) -> bool {
+        self.pending.contains_key(key)
     }
 
     pub fn clear(&mut self) {
@@ -188,6 +206,19 @@ mod tests {
         d.touch("a", t0, wait(100, 1000));
         d.at("a", t0);
         assert_eq!(d.take_due(t0), ["a"]);
+    }
+
+    #[test]
+    fn a_huge_wait_never_overflows() {
+        let t0 = Instant::now();
+        let mut d = Debouncer::default();
+        let huge = Wait {
+            min: Duration::MAX,
+            max: Duration::MAX,
+        };
+        d.touch("a", t0, huge);
+        assert!(d.next_deadline().unwrap() > t0 + Duration::from_secs(3600));
+        assert!(d.take_due(t0).is_empty());
     }
 
     #[test]

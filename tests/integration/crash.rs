@@ -278,3 +278,141 @@ fn the_reader_rejects_torn_empty_and_mixed_files() {
     let flipped = v7.replacen("line 000100", "line 000101", 1);
     assert!(verify(flipped.as_bytes()).is_err());
 }
+
+/// A confdir with unit `app` rendering `/app/greeting` and reloading a
+/// stand-in daemon by SIGHUP.
+fn owed_site(etcd: &Etcd) -> crate::watch::Site {
+    let site = crate::watch::Site::new();
+    site.unit(
+        "app",
+        &["/app"],
+        "greeting={{ getv(key=\"/app/greeting\") }}\n",
+        "",
+    );
+    etcd.put("/app/greeting", "hello");
+    site
+}
+
+/// Where confera records the reloads it owes for SITE: the test fixtures
+/// point `STATE_DIRECTORY` at a scratch directory; one file per confdir.
+fn owed_record(site: &crate::watch::Site) -> std::path::PathBuf {
+    let escaped: String = site
+        .dir
+        .path()
+        .to_string_lossy()
+        .trim_matches('/')
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    std::env::temp_dir()
+        .join("confera-test-state")
+        .join(format!("owed-reloads-{escaped}.json"))
+}
+
+fn revive(site: &crate::watch::Site) -> crate::support::daemon::HupDaemon {
+    let revived = crate::support::daemon::HupDaemon::start_named(site.dir.path(), "revived");
+    let pid_file = &site.daemon.pid_file;
+    let tmp = pid_file.with_extension("new");
+    fs::write(&tmp, format!("{}\n", revived.pid())).unwrap();
+    fs::rename(&tmp, pid_file).unwrap();
+    revived
+}
+
+/// Issue 12: a reload that failed before confera stopped is still owed
+/// after a restart, although every file is then "unchanged".
+#[test]
+fn a_reload_owed_when_confera_stopped_is_done_after_a_restart() {
+    let etcd = Etcd::start();
+    let site = owed_site(&etcd);
+    site.daemon.kill();
+    let mut confera = site.watch_etcd(&etcd.client_url, crate::watch::WAIT, &[]);
+    site.wait_for_output("app", "greeting=hello\n");
+    assert!(confera.wait_for_log("reload failed", crate::watch::DEADLINE));
+    assert_eq!(confera.terminate(), 0);
+
+    assert!(owed_record(&site).exists(), "no record of the owed reload");
+    let revived = revive(&site);
+    let confera = site.watch_etcd(&etcd.client_url, crate::watch::WAIT, &[]);
+    assert!(
+        revived.wait_for_hups(1, crate::watch::DEADLINE),
+        "the owed reload was forgotten across the restart\n{}",
+        confera.log()
+    );
+    assert!(
+        wait_until(crate::watch::DEADLINE, || !owed_record(&site).exists()),
+        "the record still holds a reload that was done"
+    );
+}
+
+/// Issue 12: in polling mode a failed reload is retried at the next poll,
+/// though the file no longer changes.
+#[test]
+fn polling_mode_retries_a_failed_reload_at_the_next_poll() {
+    let etcd = Etcd::start();
+    let site = owed_site(&etcd);
+    site.daemon.kill();
+    let _confera = Daemon::spawn(&[
+        "--confdir",
+        site.dir.arg(),
+        "--backend",
+        "etcd",
+        "--node",
+        &etcd.client_url,
+        "--interval",
+        "1",
+    ]);
+    site.wait_for_output("app", "greeting=hello\n");
+    let revived = revive(&site);
+    assert!(
+        revived.wait_for_hups(1, Duration::from_secs(5)),
+        "the failed reload was never retried"
+    );
+}
+
+/// Issue 12: unit `bird` cleaning its stale staging directories leaves
+/// those of unit `bird-v6`, whose owner still runs, alone.
+#[test]
+fn stale_stage_clean_up_of_one_unit_spares_a_live_directory_of_a_longer_named_unit() {
+    let dir = ConfDir::new();
+    dir.file("data.yaml", "v: 1\n");
+    for unit in ["bird", "bird-v6"] {
+        dir.template(&format!("{unit}.tera"), "{{ getv(key=\"/v\") }}\n")
+            .resource(
+                unit,
+                &format!(
+                    "[template]\nsrc = \"{unit}.tera\"\ndest = {:?}\nkeys = [\"/v\"]\n",
+                    dir.dest(&format!("out/{unit}.conf"))
+                ),
+            );
+    }
+    let mut owner = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let live = dir.dest(&format!(
+        "out/.confera-stage-bird-v6-{}-0000abcd",
+        owner.id()
+    ));
+    fs::create_dir_all(&live).unwrap();
+    let data = dir.path().join("data.yaml");
+    crate::support::cmd::run(&[
+        "--confdir",
+        dir.arg(),
+        "--backend",
+        "file",
+        "--file",
+        data.to_str().unwrap(),
+        "--onetime",
+    ])
+    .assert_success();
+    let kept = live.exists();
+    let _ = owner.kill();
+    let _ = owner.wait();
+    assert!(kept, "unit bird removed bird-v6's live staging directory");
+}

@@ -86,9 +86,11 @@ fn an_edited_destination_is_restored_with_exactly_one_sighup() {
     );
 }
 
+/// Issue 15 item 11: the daemon reads the same configuration after a
+/// chmod, so undoing it reloads nothing.
 #[test]
-fn a_chmod_of_the_destination_is_undone() {
-    let (site, _confera) = file_site(r#"mode = "0640""#);
+fn a_chmod_of_the_destination_is_undone_without_reloading_the_daemon() {
+    let (site, confera) = file_site(r#"mode = "0640""#);
     let dest = site.dest("app");
     let mode = || fs::metadata(&dest).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode(), 0o640);
@@ -102,7 +104,12 @@ fn a_chmod_of_the_destination_is_undone() {
         mode()
     );
     assert!(edited.elapsed() < RESTORE_WITHIN, "{:?}", edited.elapsed());
-    site.wait_for_hups(2);
+    barrier(&confera, || touch_unused(&site, 1));
+    assert_eq!(
+        site.daemon.hups(),
+        1,
+        "a mode-only restore reloaded the daemon"
+    );
 }
 
 #[test]
@@ -281,8 +288,9 @@ fn cpu_time(pid: i32) -> Duration {
     Duration::from_nanos(nanos)
 }
 
-/// When confera committed DEST after its first render, in seconds of the
-/// day, from the log's timestamps (`2026-01-01T12:34:56.789012Z`).
+/// When confera committed DEST after its first render, in seconds since the
+/// epoch, from the log's timestamps (`2026-01-01T12:34:56.789012Z`): the
+/// date counts, so a run across midnight UTC still measures right.
 fn restore_times(confera: &Daemon, dest: &Path) -> Vec<f64> {
     let field = format!("dest={} ", dest.display());
     confera
@@ -291,10 +299,43 @@ fn restore_times(confera: &Daemon, dest: &Path) -> Vec<f64> {
         .filter(|l| l.contains(": committed ") && l.contains(&field))
         .skip(1)
         .map(|l| {
-            let time = l.split(['T', 'Z']).nth(1).expect("an RFC 3339 timestamp");
-            time.split(':')
+            let mut parts = l.split(['T', 'Z']);
+            let date = parts.next().expect("an RFC 3339 timestamp");
+            let time = parts.next().expect("an RFC 3339 timestamp");
+            let of_day = time
+                .split(':')
                 .map(|part| part.parse::<f64>().expect("a timestamp field"))
-                .fold(0.0, |total, part| total * 60.0 + part)
+                .fold(0.0, |total, part| total * 60.0 + part);
+            days_since_epoch(date) as f64 * 86_400.0 + of_day
         })
         .collect()
+}
+
+/// Days from 1970-01-01 to DATE (`YYYY-MM-DD`), proleptic Gregorian.
+fn days_since_epoch(date: &str) -> i64 {
+    let mut fields = date
+        .split('-')
+        .map(|f| f.parse::<i64>().expect("a date field"));
+    let (y, m, d) = (
+        fields.next().unwrap(),
+        fields.next().unwrap(),
+        fields.next().unwrap(),
+    );
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[test]
+fn log_times_across_midnight_keep_their_order() {
+    assert_eq!(days_since_epoch("1970-01-01"), 0);
+    assert_eq!(days_since_epoch("2000-03-01"), 11_017);
+    assert_eq!(
+        days_since_epoch("2026-01-01") - days_since_epoch("2025-12-31"),
+        1
+    );
 }

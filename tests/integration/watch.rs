@@ -633,6 +633,28 @@ fn sighup_to_confera_reloads_templates_that_no_watch_sees() {
     assert_eq!(confera.log_count("configuration reloaded"), reloads + 1);
 }
 
+/// Issue 12: SIGHUP applies every setting, or names exactly those that
+/// need a restart.
+#[test]
+fn sighup_applies_a_new_interval_and_names_the_settings_that_need_a_restart() {
+    let (_etcd, site, mut confera) = greeting_site();
+    assert_eq!(confera.log_count("periodic resync"), 0);
+    site.dir
+        .file("confera.toml", "interval = 1\nlog_format = \"json\"\n");
+    confera.signal(Signal::SIGHUP);
+
+    wait_for_log(&confera, "need a restart");
+    let line = confera
+        .log()
+        .lines()
+        .find(|l| l.contains("need a restart"))
+        .unwrap()
+        .to_owned();
+    assert!(line.contains("settings=log-format"), "{line}");
+    assert!(!line.contains("interval"), "{line}");
+    wait_for_log(&confera, "periodic resync");
+}
+
 #[test]
 fn sigterm_exits_cleanly_with_0() {
     let (_etcd, _site, mut confera) = greeting_site();
@@ -707,4 +729,52 @@ fn sigterm_during_a_render_finishes_its_commit_and_reload_then_exits_0() {
     );
     assert_eq!(site.output("app").as_deref(), Some("greeting=slow\n"));
     assert_eq!(site.daemon.hups(), 2);
+}
+
+/// Issue 12: destination, conf.d and data-file events no longer share one
+/// 64-slot channel that drops what does not fit; a data-file edit made
+/// while 80 destinations were just committed and their reload runs is
+/// applied.
+#[test]
+fn a_data_file_edit_during_a_slow_reload_of_80_destinations_is_applied() {
+    let dir = ConfDir::new();
+    dir.file("data.yaml", "app:\n  v: 1\n")
+        .template("app.tera", "v={{ getv(key=\"/app/v\") }}\n");
+    let names: Vec<String> = (0..80).map(|i| format!("u{i:02}")).collect();
+    for name in &names {
+        dir.resource(
+            name,
+            &format!(
+                "[template]\nsrc = \"app.tera\"\ndest = {:?}\nkeys = [\"/app\"]\nreload_cmd = \"sleep 3\"\nreload_timeout = \"10s\"\n",
+                dir.dest(&format!("out/{name}.conf"))
+            ),
+        );
+    }
+    let all_are = |want: &str| {
+        names
+            .iter()
+            .all(|n| dir.try_read(&format!("out/{n}.conf")).as_deref() == Some(want))
+    };
+    let data = dir.path().join("data.yaml");
+    let confera = Daemon::spawn(&[
+        "--confdir",
+        dir.arg(),
+        "--backend",
+        "file",
+        "--file",
+        data.to_str().unwrap(),
+        "--watch",
+        "--wait",
+        WAIT,
+    ]);
+    assert!(wait_until(Duration::from_secs(15), || all_are("v=1\n")));
+    dir.file("data.yaml", "app:\n  v: 2\n");
+    assert!(wait_until(Duration::from_secs(15), || all_are("v=2\n")));
+    // The reload of that batch now sleeps for 3 s.
+    dir.file("data.yaml", "app:\n  v: 3\n");
+    assert!(
+        wait_until(Duration::from_secs(15), || all_are("v=3\n")),
+        "the edit made during the reload was never applied\n{}",
+        confera.log()
+    );
 }

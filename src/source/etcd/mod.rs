@@ -11,7 +11,7 @@ use etcd_client::{Client, ConnectOptions, GetOptions};
 mod snapshot;
 mod watch;
 
-pub use watch::{Change, WatchEvent};
+pub use watch::{Change, Header, WatchEvent};
 
 use crate::error::SourceError;
 use crate::store::{is_under, normalize_key};
@@ -104,6 +104,17 @@ impl Etcd {
             Ok(Err(e)) => Err(self.error(describe_error(&e))),
             Err(_) => Err(self.error(format!("request timed out after {timeout:?}"))),
         }
+    }
+}
+
+impl Etcd {
+    /// etcd's cluster id and current revision, from the endpoint's status
+    /// (which reads no key), to notice a wiped or restored etcd.
+    pub async fn header(&mut self) -> Result<Header, SourceError> {
+        let status = self
+            .request(|mut c| async move { c.status().await })
+            .await?;
+        Ok(Header::of(status.header()))
     }
 }
 

@@ -1,5 +1,7 @@
 //! Watches: one per merged prefix, each drained by its own task into a
-//! channel, resuming from a revision.
+//! channel, resuming from a revision. A watch reports progress only for
+//! events it delivered or etcd's progress notifications, never for the
+//! "watch created" reply, so a reconnect never skips missed events.
 
 use etcd_client::{EventType, WatchOptions};
 use tokio::sync::mpsc;
@@ -18,13 +20,16 @@ pub enum Change {
 /// What a watch task reports.
 #[derive(Debug)]
 pub enum WatchEvent {
-    /// Changes under the watched `prefix`, in order; every event of that
-    /// watch up to `revision` has been delivered (progress notifications
-    /// carry no changes, only the revision).
+    /// Changes under the watched `prefix`, in order. `revision` is the
+    /// progress they vouch for: every event of that watch up to it has been
+    /// delivered (0: none, as in etcd's "watch created" reply). `header` is
+    /// what etcd said about itself in the same response, to notice a
+    /// rewritten history.
     Changes {
         prefix: String,
         revision: i64,
         changes: Vec<Change>,
+        header: Header,
     },
     /// The watch of `prefix` ended: `compacted` when its start revision is
     /// gone, so only a full resync can catch up.
@@ -33,6 +38,32 @@ pub enum WatchEvent {
         reason: String,
         compacted: bool,
     },
+}
+
+/// etcd's cluster id and current revision, as a response header gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Header {
+    pub cluster_id: u64,
+    pub revision: i64,
+}
+
+impl Header {
+    pub(super) fn of(header: Option<&etcd_client::ResponseHeader>) -> Header {
+        header
+            .map(|h| Header {
+                cluster_id: h.cluster_id(),
+                revision: h.revision(),
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// How a watch of a merged prefix is asked for.
+fn watch_options(start_revision: i64) -> WatchOptions {
+    WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(start_revision)
+        .with_progress_notify()
 }
 
 impl Etcd {
@@ -49,10 +80,7 @@ impl Etcd {
     ) -> Result<tokio::task::JoinHandle<()>, SourceError> {
         // A plain string prefix; the `/` boundary is filtered in `drain`.
         let key = prefix.to_string();
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(start_revision)
-            .with_progress_notify();
+        let options = watch_options(start_revision);
         let stream = self
             .request(|c| async move {
                 c.watch_client()
@@ -67,6 +95,45 @@ impl Etcd {
             generation,
             events,
         )))
+    }
+}
+
+/// The changes of one response that lie under `prefix`.
+fn decode(events: &[etcd_client::Event], prefix: &str) -> Vec<Change> {
+    events
+        .iter()
+        .filter_map(|event| {
+            let kv = event.kv()?;
+            let key = normalize_key(kv.key_str().ok()?);
+            if !is_under(&key, prefix) {
+                return None;
+            }
+            Some(match event.event_type() {
+                EventType::Put => Change::Put {
+                    key,
+                    value: kv.value_str().ok()?.to_string(),
+                },
+                EventType::Delete => Change::Delete { key },
+            })
+        })
+        .collect()
+}
+
+/// The revision a response vouches for: its last event, or the header of
+/// a progress notification. etcd's "watch created" reply carries the
+/// current revision in its header while the events before it may still be
+/// on their way, so it vouches for nothing; nor does a catching-up
+/// watcher's header, which runs ahead of its events.
+fn progress(response: &etcd_client::WatchResponse) -> i64 {
+    let last_event = response
+        .events()
+        .iter()
+        .filter_map(|e| e.kv().map(|kv| kv.mod_revision()))
+        .max();
+    match last_event {
+        Some(revision) => revision,
+        None if response.created() => 0,
+        None => response.header().map(|h| h.revision()).unwrap_or(0),
     }
 }
 
@@ -95,37 +162,11 @@ async fn drain(
                         compacted,
                     };
                 }
-                let changes: Vec<Change> = response
-                    .events()
-                    .iter()
-                    .filter_map(|event| {
-                        let kv = event.kv()?;
-                        let key = normalize_key(kv.key_str().ok()?);
-                        if !is_under(&key, &prefix) {
-                            return None;
-                        }
-                        Some(match event.event_type() {
-                            EventType::Put => Change::Put {
-                                key,
-                                value: kv.value_str().ok()?.to_string(),
-                            },
-                            EventType::Delete => Change::Delete { key },
-                        })
-                    })
-                    .collect();
-                // Resume after the last event delivered. Only a response without
-                // events (a progress notification, sent to synced watchers) vouches
-                // for its header revision: a catching-up watcher's header runs ahead.
-                let revision = response
-                    .events()
-                    .iter()
-                    .filter_map(|e| e.kv().map(|kv| kv.mod_revision()))
-                    .max()
-                    .unwrap_or_else(|| response.header().map(|h| h.revision()).unwrap_or(0));
                 let event = WatchEvent::Changes {
                     prefix: prefix.clone(),
-                    revision,
-                    changes,
+                    revision: progress(&response),
+                    changes: decode(response.events(), &prefix),
+                    header: Header::of(response.header()),
                 };
                 if events.send((generation, event)).is_err() {
                     return;

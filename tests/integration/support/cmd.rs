@@ -30,14 +30,25 @@ const POLL: Duration = Duration::from_millis(15);
 
 /// The built `confera` binary, with no `CONFERA_*` and no `RUST_LOG` variable
 /// inherited from the test's environment, and stdin from /dev/null.
+///
+/// `CONFERA_TEST_BINARY` names another binary to run instead: that is how
+/// a new test is shown to fail on the code before a fix.
 pub fn confera() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_confera"));
+    let binary = std::env::var_os("CONFERA_TEST_BINARY")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_confera").into());
+    let mut cmd = Command::new(binary);
     for (name, _) in std::env::vars_os() {
         if name.as_encoded_bytes().starts_with(b"CONFERA_") {
             cmd.env_remove(name);
         }
     }
     cmd.env_remove("RUST_LOG");
+    // Records of owed reloads go to a scratch directory, not /var/lib/confera
+    // (a test that restarts confera passes its own --state-dir).
+    cmd.env(
+        "STATE_DIRECTORY",
+        std::env::temp_dir().join("confera-test-state"),
+    );
     cmd.stdin(Stdio::null());
     cmd
 }

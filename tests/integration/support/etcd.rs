@@ -301,6 +301,31 @@ impl Etcd {
         }
     }
 
+    /// Stops etcd, deletes its data, and starts a brand-new etcd on the same
+    /// ports: what a wiped etcd, or a restore from an old backup, looks
+    /// like to a client (its revision starts again from 1).
+    pub fn wipe_and_restart(&mut self) {
+        self.stop();
+        std::fs::remove_dir_all(self.data_dir()).expect("remove etcd's data dir");
+        let expect = Identity::Name(self.name.clone());
+        let (child, conn) = start_etcd(
+            self.dir.path(),
+            &self.name,
+            &self.ports,
+            &self.client_url,
+            &expect,
+        )
+        .unwrap_or_else(|_| {
+            panic!(
+                "a wiped etcd did not restart on ports {:?}",
+                self.ports.ports()
+            )
+        });
+        self.member_id = conn.member_id;
+        self.child = Some(child);
+        self.conn = conn;
+    }
+
     /// SIGSTOP: etcd keeps its connections but answers nothing. (Fixture
     /// calls made while paused fail after 10 s.)
     pub fn pause(&mut self) {

@@ -12,4 +12,5 @@ pub mod confdir;
 pub mod daemon;
 pub mod etcd;
 pub mod netns;
+pub mod relay;
 pub mod user;
