@@ -23,6 +23,7 @@ mod migration;
 mod onetime;
 mod operations;
 mod pid_files;
+mod rejected;
 mod security;
 mod symlinks;
 mod walkthrough;
