@@ -387,6 +387,103 @@ fn quote_line(content: &[u8], line: usize, quoting: &Quoting) -> String {
 mod tests {
     use super::*;
 
+    fn state(content: &str) -> FileState {
+        FileState {
+            content: content.as_bytes().to_vec(),
+            mode: 0o640,
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+        }
+    }
+
+    /// Commits `content` to `dest` as a pipeline would, and returns the
+    /// member a rollback would need.
+    fn commit_file(dest: &Path, content: &str) -> Member {
+        let target = Target::resolve(dest, false).unwrap();
+        let previous = compare::read(&target).unwrap();
+        let stage = Stage::create("u", vec![(target.clone(), state(content))], false).unwrap();
+        commit::commit(&stage.files()[0]).unwrap();
+        Member {
+            dest: dest.to_path_buf(),
+            target,
+            previous: Some(previous),
+            current: state(content),
+            quoting: Quoting::default(),
+        }
+    }
+
+    #[test]
+    fn a_rollback_puts_back_replaced_files_and_removes_created_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let (main, include) = (dir.path().join("bird.conf"), dir.path().join("new.conf"));
+        fs::write(&main, "old main\n").unwrap();
+        fs::set_permissions(&main, fs::Permissions::from_mode(0o640)).unwrap();
+        let rejections = Rejections::new(None);
+        // A set of two: one file replaced, one created by this commit (its
+        // first render: there was no file before).
+        let members = vec![
+            commit_file(&main, "new main\n"),
+            commit_file(&include, "new\n"),
+        ];
+        rejections.committed(Pending {
+            unit: "u".into(),
+            policy: OnReject::Rollback,
+            members,
+        });
+        let seen = rejections.pending(&["u".to_string()]);
+
+        let Rollback::Done { restored } = rejections.roll_back(&seen[0]) else {
+            panic!("not rolled back");
+        };
+
+        assert_eq!(fs::read_to_string(&main).unwrap(), "old main\n");
+        assert_eq!(
+            fs::metadata(&main).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        assert!(
+            !include.exists(),
+            "a file the commit created is removed again"
+        );
+        assert_eq!(restored.len(), 2);
+        assert!(rejections.still_refused("u", &seen[0].fingerprints()));
+        assert!(rejections.pending(&["u".to_string()]).is_empty());
+    }
+
+    #[test]
+    fn a_later_commit_is_not_rolled_back_by_an_earlier_rejection() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("bird.conf");
+        fs::write(&main, "old\n").unwrap();
+        let rejections = Rejections::new(None);
+        let first = commit_file(&main, "first\n");
+        rejections.committed(Pending {
+            unit: "u".into(),
+            policy: OnReject::Rollback,
+            members: vec![first],
+        });
+        let seen = rejections.pending(&["u".to_string()]);
+        let second = commit_file(&main, "second\n");
+        rejections.committed(Pending {
+            unit: "u".into(),
+            policy: OnReject::Rollback,
+            members: vec![second],
+        });
+
+        assert!(matches!(
+            rejections.roll_back(&seen[0]),
+            Rollback::Superseded
+        ));
+        assert_eq!(fs::read_to_string(&main).unwrap(), "second\n");
+        // The state before both commits is what a rejection of the second restores.
+        let seen = rejections.pending(&["u".to_string()]);
+        assert!(matches!(
+            rejections.roll_back(&seen[0]),
+            Rollback::Done { .. }
+        ));
+        assert_eq!(fs::read_to_string(&main).unwrap(), "old\n");
+    }
+
     #[test]
     fn notes_quote_the_line_a_checker_named_from_the_new_content() {
         let quoting = Quoting {
