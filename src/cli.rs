@@ -269,7 +269,7 @@ pub struct OutputArgs {
     /// With --noop, print a unified diff of every change on stdout
     #[arg(long, env = "CONFERA_DIFF")]
     pub diff: bool,
-    /// With --onetime --noop, exit 3 when some file would change (like `git diff --exit-code`)
+    /// With --onetime --noop: exit 3 if any file would change, 0 if none would
     #[arg(long, env = "CONFERA_EXIT_CODE")]
     pub exit_code: bool,
     /// Write files but skip check and reload

@@ -155,7 +155,9 @@ async fn pay_owed(
         if report.failed_reloads.iter().any(|(k, _, _)| *k == key) {
             continue;
         }
-        tracing::info!(resources = %units.join(","), "retrying an owed reload");
+        for unit in units.iter() {
+            tracing::info!(resource = %unit, resources = %units.join(","), "retrying an owed reload");
+        }
         match pipeline.reload(&key, &units).await {
             Ok(()) => {
                 owed.paid(&key);

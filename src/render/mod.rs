@@ -172,12 +172,7 @@ impl Renderer {
                 // A validation filter refused a value; name the key it came from.
                 if let Some(value) = rejected {
                     if let Some(read) = reads.iter().rev().find(|r| r.value == value) {
-                        let secret = if t.secrets.is_secret(&read.absolute) {
-                            "secret "
-                        } else {
-                            ""
-                        };
-                        message.push_str(&format!(" (value of {secret}key `{}`)", read.key));
+                        message.push_str(&format!(" (value of key `{}`)", read.key));
                     } else if let Some((key, secret)) = source_in(&value, reads, &t.secrets) {
                         let secret = if secret { "secret " } else { "" };
                         message.push_str(&format!(" (from {secret}key `{key}`)"));

@@ -259,7 +259,9 @@ impl Daemon<'_> {
         // Reloads a previous run owed are retried at once.
         let now = Instant::now();
         for (key, units) in self.owed.all() {
-            tracing::info!(resources = %units.join(","), "retrying a reload owed since the last run");
+            for unit in units.iter() {
+                tracing::info!(resource = %unit, resources = %units.join(","), "retrying a reload owed since the last run");
+            }
             for unit in &units {
                 self.telemetry.status.reload_pending(unit, true, None);
             }
@@ -670,7 +672,9 @@ impl Daemon<'_> {
         match result {
             Ok(()) => {
                 if attempt > 1 {
-                    tracing::info!(resources = %units.join(","), attempt, "reload retry succeeded");
+                    for unit in units.iter() {
+                        tracing::info!(resource = %unit, resources = %units.join(","), attempt, "reload retry succeeded");
+                    }
                 }
                 self.owed.paid(&key);
                 self.scheduler.reload_done(&key);
@@ -680,7 +684,9 @@ impl Daemon<'_> {
             }
             Err(e) => {
                 if attempt > 1 {
-                    tracing::error!(resources = %units.join(","), attempt, error = %e, "reload retry failed");
+                    for unit in units.iter() {
+                        tracing::error!(resource = %unit, resources = %units.join(","), attempt, error = %e, "reload retry failed");
+                    }
                 }
                 if let crate::error::ReloadFailure::Rejected(rejection) = &e {
                     self.rolled_back(rejection);
@@ -699,7 +705,9 @@ impl Daemon<'_> {
                         attempt: attempt + 1,
                     };
                     let delay = self.scheduler.reload_failed(retry, Instant::now());
-                    tracing::warn!(resources = %units.join(","), attempt, retry_in_ms = delay.as_millis() as u64, "reload will be retried");
+                    for unit in units.iter() {
+                        tracing::warn!(resource = %unit, resources = %units.join(","), attempt, retry_in_ms = delay.as_millis() as u64, "reload will be retried");
+                    }
                 }
             }
         }
