@@ -255,7 +255,7 @@ pub struct ModeArgs {
     /// A resource whose work runs longer than this is reported stuck in /status and /healthz [default: 60s]
     #[arg(long, env = "CONFERA_STUCK_AFTER", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
     pub stuck_after: Option<std::time::Duration>,
-    /// Where confera keeps the reloads it still owes across restarts [default: $STATE_DIRECTORY or /var/lib/confera]
+    /// Where confera keeps owed reloads and refused configurations [default: $STATE_DIRECTORY or /var/lib/confera]
     #[arg(long, env = "CONFERA_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 }

@@ -6,6 +6,7 @@
 use std::fs;
 use std::path::Path;
 
+use crate::example::BIRD_EXAMPLE;
 use crate::support::cmd::{run, Run};
 use crate::support::confdir::{copy_of_repo, ConfDir};
 
@@ -23,18 +24,7 @@ fn resource(conf: &ConfDir, dest: &Path) {
 
 fn render(conf: &ConfDir, value: &str, flags: &[&str]) -> Run {
     conf.file("data.yaml", &format!("a: {value}\n"));
-    let data = conf.path().join("data.yaml");
-    let mut args = vec![
-        "--confdir",
-        conf.arg(),
-        "--backend",
-        "file",
-        "--file",
-        data.to_str().unwrap(),
-        "--onetime",
-    ];
-    args.extend_from_slice(flags);
-    run(&args)
+    conf.onetime_with_file("data.yaml", flags)
 }
 
 #[test]
@@ -94,15 +84,6 @@ fn a_dry_run_still_refuses_a_link_at_the_destination() {
         .assert_code(1)
         .assert_stderr_contains("refusing to write through it");
 }
-
-/// What the README's first command reads, in a fresh copy.
-const BIRD_EXAMPLE: &[&str] = &[
-    "confera.toml",
-    "conf.d",
-    "templates",
-    "examples/cluster.yaml",
-    "out/.gitkeep",
-];
 
 #[test]
 fn the_diff_of_the_bundled_example_masks_only_the_lines_that_hold_a_secret() {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::isolation::get;
-use crate::support::cmd::{reserve_ports, run, wait_until, Daemon, Run};
+use crate::support::cmd::{reserve_ports, wait_until, Daemon, Run};
 use crate::support::confdir::ConfDir;
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -35,18 +35,7 @@ fn two_resources(conf: &ConfDir, a: &str, b: &str) {
 }
 
 fn onetime(conf: &ConfDir, flags: &[&str]) -> Run {
-    let data = conf.path().join("data.yaml");
-    let mut args = vec![
-        "--confdir",
-        conf.arg(),
-        "--backend",
-        "file",
-        "--file",
-        data.to_str().unwrap(),
-        "--onetime",
-    ];
-    args.extend_from_slice(flags);
-    run(&args)
+    conf.onetime_with_file("data.yaml", flags)
 }
 
 /// The JSON events on stderr with this message.

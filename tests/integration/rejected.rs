@@ -278,18 +278,7 @@ fn checked(conf: &ConfDir) -> PathBuf {
 
 fn render(conf: &ConfDir, state: &Path, value: &str) -> crate::support::cmd::Run {
     conf.file("data.yaml", &format!("a: {value}\n"));
-    let data = conf.path().join("data.yaml");
-    run(&[
-        "--confdir",
-        conf.arg(),
-        "--backend",
-        "file",
-        "--file",
-        data.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--onetime",
-    ])
+    conf.onetime_with_file("data.yaml", &["--state-dir", state.to_str().unwrap()])
 }
 
 #[test]

@@ -2,7 +2,6 @@
 //! finding): a validation filter that refuses it never quotes it, says it
 //! is secret, and names the key it came from.
 
-use crate::support::cmd::run;
 use crate::support::confdir::ConfDir;
 
 #[test]
@@ -28,17 +27,8 @@ fn a_filter_error_on_a_field_of_a_secret_json_value_never_shows_it_and_names_the
         "data.json",
         &serde_json::json!({"peers": {"tor1": hostile.to_string()}}).to_string(),
     );
-    let data = conf.path().join("data.json");
 
-    let r = run(&[
-        "--confdir",
-        conf.arg(),
-        "--backend",
-        "file",
-        "--file",
-        data.to_str().unwrap(),
-        "--onetime",
-    ]);
+    let r = conf.onetime_with_file("data.json", &[]);
 
     r.assert_code(1).assert_stderr_contains(
         "render peer.tera line 2: the value (from a secret key, not shown) is not an IPv4 address: \
