@@ -4,7 +4,8 @@
 //!
 //! Invariants kept here: nothing is written or reloaded when no output
 //! changed; a failed render or check leaves every destination untouched;
-//! one failing unit never stops the others.
+//! files BIRD rejects are put back (`on_reject`) and the same render is not
+//! committed again; one failing unit never stops the others.
 
 pub mod check;
 pub mod commit;
