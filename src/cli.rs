@@ -255,7 +255,7 @@ pub struct ModeArgs {
     /// A resource whose work runs longer than this is reported stuck in /status and /healthz [default: 60s]
     #[arg(long, env = "CONFERA_STUCK_AFTER", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
     pub stuck_after: Option<std::time::Duration>,
-    /// Where confera keeps the reloads it still owes across restarts [default: $STATE_DIRECTORY or /var/lib/confera]
+    /// Where confera keeps owed reloads and refused configurations [default: $STATE_DIRECTORY or /var/lib/confera]
     #[arg(long, env = "CONFERA_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 }
@@ -269,6 +269,9 @@ pub struct OutputArgs {
     /// With --noop, print a unified diff of every change on stdout
     #[arg(long, env = "CONFERA_DIFF")]
     pub diff: bool,
+    /// With --onetime --noop: exit 3 if any file would change, 0 if none would
+    #[arg(long, env = "CONFERA_EXIT_CODE")]
+    pub exit_code: bool,
     /// Write files but skip check and reload
     #[arg(long, env = "CONFERA_SYNC_ONLY")]
     pub sync_only: bool,

@@ -110,6 +110,27 @@ pub enum UnitError {
 
     #[error("reload failed: {0}")]
     Reload(#[from] ReloadFailure),
+
+    /// The render is the file set BIRD rejected last, which was rolled
+    /// back: it is not committed again until the inputs change.
+    #[error("not committed: BIRD rejected this same configuration and it was rolled back{kept}; it is not tried again until the resource's data or templates change")]
+    StillRejected { kept: String },
+}
+
+impl UnitError {
+    /// What failed, for a person: `render failed`, `check failed`, ...
+    pub fn what(&self) -> &'static str {
+        match self {
+            UnitError::Render { .. } => "render failed",
+            UnitError::RenderLimit { .. } => "render abandoned at its limit",
+            UnitError::Destination(_) => "destination refused",
+            UnitError::Stage { .. } => "staging failed",
+            UnitError::Check { .. } => "check failed",
+            UnitError::Commit { .. } => "commit failed",
+            UnitError::Reload(_) => "reload failed",
+            UnitError::StillRejected { .. } => "configuration still rejected by BIRD",
+        }
+    }
 }
 
 /// Why a check did not pass.
@@ -130,6 +151,38 @@ pub enum ReloadFailure {
     Process(#[from] ProcessError),
     #[error(transparent)]
     Bird(#[from] BirdError),
+    /// BIRD answered that it cannot use the committed configuration (8002);
+    /// what was done about it per resource (`on_reject`).
+    #[error("{}{}", .0.error, .0.detail)]
+    Rejected(Box<Rejection>),
+}
+
+/// A committed configuration the daemon rejected, and what was done.
+#[derive(Debug)]
+pub struct Rejection {
+    pub error: BirdError,
+    /// The rejected lines, and per resource what was done, appended to
+    /// BIRD's message.
+    pub detail: String,
+    /// Resources whose previous files were put back: nothing is owed.
+    pub rolled_back: Vec<String>,
+    /// Destinations put back, with their state now (`None`: removed again).
+    pub restored: Vec<(PathBuf, Option<crate::pipeline::compare::Fingerprint>)>,
+}
+
+impl ReloadFailure {
+    /// Of `units`, those whose reload is still owed after this failure:
+    /// all of them, except after a rejection those rolled back.
+    pub fn still_owed(&self, units: &[String]) -> Vec<String> {
+        match self {
+            ReloadFailure::Rejected(r) => units
+                .iter()
+                .filter(|u| !r.rolled_back.contains(u))
+                .cloned()
+                .collect(),
+            _ => units.to_vec(),
+        }
+    }
 }
 
 fn line_suffix(line: Option<usize>) -> String {

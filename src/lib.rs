@@ -32,4 +32,7 @@ pub enum RunStatus {
     Success,
     /// At least one unit or reload failed (exit 1).
     Failed,
+    /// `--onetime --noop --exit-code`: nothing failed, and some file would
+    /// change (exit 3).
+    WouldChange,
 }

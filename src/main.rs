@@ -1,6 +1,6 @@
 //! The binary: parse the command line, resolve the settings, set up logging,
 //! run, and map the outcome to an exit code (0 ok, 1 a resource failed, 2 a
-//! configuration error). It writes nothing itself but a fatal error.
+//! configuration error, 3 a file would change under `--noop --exit-code`). It writes nothing itself but a fatal error.
 
 use std::process::ExitCode;
 
@@ -31,6 +31,7 @@ fn main() -> ExitCode {
     match runtime.block_on(confera::run(&cli, settings, shutdown)) {
         Ok(RunStatus::Success) => ExitCode::SUCCESS,
         Ok(RunStatus::Failed) => ExitCode::from(1),
+        Ok(RunStatus::WouldChange) => ExitCode::from(3),
         Err(e) => fatal(format, &e),
     }
 }

@@ -40,6 +40,24 @@ pub struct Unit {
     pub render_timeout: Option<Duration>,
     /// This resource's render output limit in bytes (else `--max-output`).
     pub max_output: Option<u64>,
+    /// What to do with committed files the daemon rejects (`bird_socket`'s
+    /// 8002 answer); `None` without `bird_socket`.
+    pub on_reject: Option<OnReject>,
+}
+
+/// What to do when the daemon itself rejects a committed configuration
+/// (`on_reject`; only BIRD's control socket says so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnReject {
+    /// Put back the files the commit replaced (remove those it created),
+    /// and do not try the same configuration again until the resource's
+    /// data or templates change.
+    #[default]
+    Rollback,
+    /// Leave the rejected files in place; the reload stays owed and is
+    /// retried with backoff.
+    Keep,
 }
 
 /// One rendered file.
@@ -424,6 +442,16 @@ impl Ctx<'_> {
                 t.mode = Some(0o600);
             }
         }
+        if shared.on_reject.is_some() && shared.bird_socket.is_none() {
+            return Err(self.err(
+                "on_reject",
+                "needs bird_socket: only BIRD's control socket tells a rejected configuration from a failed reload",
+            ));
+        }
+        let on_reject = shared
+            .bird_socket
+            .is_some()
+            .then(|| shared.on_reject.unwrap_or_default());
         let bird_check = shared.bird_check.unwrap_or(false);
         if bird_check && shared.bird_socket.is_none() {
             return Err(self.err("bird_check", "needs bird_socket to reach the running BIRD"));
@@ -486,6 +514,7 @@ impl Ctx<'_> {
                 .map(|t| parse_duration(&t).map_err(|m| self.err("render_timeout", m)))
                 .transpose()?,
             max_output: shared.max_output,
+            on_reject,
         })
     }
 }
@@ -641,6 +670,7 @@ raw_structs! {
         secret_keys: Vec<String>,
         allow_env: bool,
         output: Output,
+        on_reject: OnReject,
     }
     template {
         src: String,

@@ -8,6 +8,7 @@ use crate::audit;
 use crate::cli::{Cli, Command};
 use crate::config::Config;
 use crate::error::ConfigError;
+use crate::pipeline::rejected::Rejections;
 use crate::pipeline::{BatchReport, Pipeline, RenderLimits};
 use crate::resource::Unit;
 use crate::settings::{Mode, Settings};
@@ -71,7 +72,14 @@ fn pipeline(settings: &Settings, config: &Config, metrics: &Metrics) -> Pipeline
         timeout: settings.limits.render_timeout,
         max_output: settings.limits.max_output,
     };
+    pipeline.rejections = rejections(settings);
     pipeline
+}
+
+/// Where rejected file sets are kept: `<state-dir>/rejected`, except under
+/// `--noop`, which writes nothing.
+pub fn rejections(settings: &Settings) -> Rejections {
+    Rejections::new((!settings.options.noop).then_some(settings.state_dir.as_path()))
 }
 
 async fn onetime(
@@ -94,10 +102,12 @@ async fn onetime(
     let units: Vec<&Unit> = config.units.iter().collect();
     let report = pipeline.run_batch(&units, &store).await;
     let failed_owed = pay_owed(&pipeline, &mut owed, &report, None).await;
-    Ok(if report.failures() == 0 && failed_owed == 0 {
-        RunStatus::Success
-    } else {
+    Ok(if report.failures() > 0 || failed_owed > 0 {
         RunStatus::Failed
+    } else if settings.options.exit_code && report.would_change() > 0 {
+        RunStatus::WouldChange
+    } else {
+        RunStatus::Success
     })
 }
 
@@ -130,8 +140,12 @@ async fn pay_owed(
         owed.paid(key);
     }
     for (key, units, e) in &report.failed_reloads {
-        owed.owe(key, units);
-        pending(units, true, Some(format!("reload failed: {e}")));
+        // A configuration rolled back after BIRD rejected it is owed nothing.
+        let units = e.still_owed(units);
+        if !units.is_empty() {
+            owed.owe(key, &units);
+            pending(&units, true, Some(format!("reload failed: {e}")));
+        }
     }
     if !pipeline.reloads() {
         return report.failed_reloads.len();
@@ -141,7 +155,9 @@ async fn pay_owed(
         if report.failed_reloads.iter().any(|(k, _, _)| *k == key) {
             continue;
         }
-        tracing::info!(resources = %units.join(","), "retrying an owed reload");
+        for unit in units.iter() {
+            tracing::info!(resource = %unit, resources = %units.join(","), "retrying an owed reload");
+        }
         match pipeline.reload(&key, &units).await {
             Ok(()) => {
                 owed.paid(&key);
@@ -168,6 +184,11 @@ async fn poll(
 ) -> Result<RunStatus, ConfigError> {
     let mut source = Source::connect(settings).await?;
     config.remove_stale_stages();
+    tracing::info!(
+        interval_s = interval.as_secs(),
+        "polling every {}s",
+        interval.as_secs()
+    );
     let pipeline = pipeline(settings, config, &telemetry.metrics);
     let mut owed = owed_reloads(settings, config);
     let units: Vec<&Unit> = config.units.iter().collect();

@@ -534,9 +534,16 @@ impl Settings {
             diff: o.diff,
             sync_only: o.sync_only || file.sync_only.unwrap_or(false),
             keep_stage: o.keep_stage_file || file.keep_stage_file.unwrap_or(false),
+            exit_code: o.exit_code,
         };
         if options.diff && !options.noop {
             return Err(ConfigError::Settings("--diff goes with --noop".into()));
+        }
+        if options.exit_code && !(options.noop && mode == Mode::Onetime) {
+            return Err(ConfigError::Settings(
+                "--exit-code goes with --onetime --noop (exit 3 when some file would change)"
+                    .into(),
+            ));
         }
         let confdir = s
             .confdir

@@ -14,7 +14,8 @@ use nix::fcntl::{renameat, OFlag};
 use nix::sys::stat::{fstat, Mode, SFlag};
 
 use crate::error::UnitError;
-use crate::pipeline::pinned::PathError;
+use crate::pipeline::compare::{self, Fingerprint};
+use crate::pipeline::pinned::{PathError, Target};
 use crate::pipeline::stage::{set_owner_and_mode, StagedFile};
 
 /// How a file reached its destination.
@@ -43,6 +44,29 @@ pub fn commit(file: &StagedFile) -> Result<Method, UnitError> {
     };
     target.dir.sync().map_err(err)?;
     Ok(method)
+}
+
+/// Removes the file a commit created at `target`, to roll back to "no file
+/// there": only while it still holds `expected` (a file someone else put
+/// there since is left alone). `unlinkat` never follows a link. Returns
+/// whether a file was removed.
+pub fn remove(target: &Target, expected: &Fingerprint) -> Result<bool, UnitError> {
+    let err = |source| UnitError::Commit {
+        path: target.path.clone(),
+        source,
+    };
+    match compare::read(target)? {
+        Some(state) if Fingerprint::of(&state) == *expected => {}
+        _ => return Ok(false),
+    }
+    nix::unistd::unlinkat(
+        target.dir.fd(),
+        target.name.as_os_str(),
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    )
+    .map_err(|e| err(e.into()))?;
+    target.dir.sync().map_err(err)?;
+    Ok(true)
 }
 
 /// The fallback: truncate and rewrite the destination itself. Not atomic, so

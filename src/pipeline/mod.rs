@@ -4,12 +4,15 @@
 //!
 //! Invariants kept here: nothing is written or reloaded when no output
 //! changed; a failed render or check leaves every destination untouched;
-//! one failing unit never stops the others.
+//! files BIRD rejects are put back (`on_reject`) and the same render is not
+//! committed again; one failing unit never stops the others.
 
 pub mod check;
 pub mod commit;
 pub mod compare;
+pub mod mask;
 pub mod pinned;
+pub mod rejected;
 pub mod stage;
 
 use std::collections::HashMap;
@@ -21,13 +24,15 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
-use crate::error::{CheckFailure, ReloadFailure, UnitError};
+use crate::error::{CheckFailure, Rejection, ReloadFailure, UnitError};
 use crate::reload;
+use crate::reload::bird::BirdError;
 use crate::render::{self, KeyRead, Rendered, Renderer};
-use crate::resource::{Reload, Template, Unit};
+use crate::resource::{OnReject, Reload, Template, Unit};
 use crate::store::Store;
 use crate::telemetry::metrics::Metrics;
 use compare::{FileState, Fingerprint};
+use rejected::{Named, Pending, Quoting, Rejections, Rollback};
 use stage::Stage;
 
 /// What the run is allowed to do.
@@ -41,6 +46,8 @@ pub struct Options {
     pub sync_only: bool,
     /// Leave staging directories in place (for debugging).
     pub keep_stage: bool,
+    /// With `noop`, a run in which some file would change ends with exit 3.
+    pub exit_code: bool,
 }
 
 /// What happened to one unit.
@@ -90,25 +97,45 @@ struct Planned<'a> {
     template: &'a Template,
     reads: Vec<KeyRead>,
     dest: PathBuf,
-    target: pinned::Target,
+    /// `None` only under `--noop`, for a destination whose directory does
+    /// not exist yet.
+    target: Option<pinned::Target>,
     have: Option<FileState>,
     want: FileState,
 }
 
-/// A check failure whose message names the destinations instead of their
-/// staged copies, which are gone by the time anyone reads it.
-/// A checker may quote the file it rejects, so the message is redacted
-/// like a diff.
-fn check_error(stage: &Stage, failure: &CheckFailure, planned: &[Planned]) -> UnitError {
+/// A check failure, with the staged paths the checker saw kept as they are,
+/// each `staged:LINE` it names mapped to the destination and the line of
+/// the new content, and where the rejected set is kept. A checker may quote
+/// the file it rejects, so the message is redacted like a diff.
+fn check_error(
+    stage: &Stage,
+    failure: &CheckFailure,
+    planned: &[Planned],
+    kept: Option<&Path>,
+) -> UnitError {
+    let quotings: Vec<Quoting> = planned.iter().map(Planned::quoting).collect();
+    let named: Vec<Named> = stage
+        .files()
+        .iter()
+        .zip(&quotings)
+        .map(|(file, quoting)| Named {
+            named: &file.staged,
+            dest: &file.dest,
+            content: &file.state.content,
+            quoting,
+        })
+        .collect();
     let mut message = failure.to_string();
+    message.push_str(&rejected::line_notes(&message, &named, "new"));
+    if let Some(kept) = kept {
+        message.push_str(&format!(
+            "; the rejected files are kept in {}",
+            kept.display()
+        ));
+    }
     for p in planned {
         message = render::redact(&message, p.template, &p.reads);
-    }
-    for file in stage.files() {
-        message = message.replace(
-            &file.staged.display().to_string(),
-            &file.dest.display().to_string(),
-        );
     }
     let dests: Vec<String> = stage
         .files()
@@ -121,30 +148,18 @@ fn check_error(stage: &Stage, failure: &CheckFailure, planned: &[Planned]) -> Un
     }
 }
 
-/// Redacts secret values from a diff. The old file's secret values are not
-/// known (they were rendered from older data), so with secret keys every
-/// removed line is hidden.
-fn redact_diff(diff: &str, p: &Planned) -> String {
-    let diff = render::redact(diff, p.template, &p.reads);
-    if !p.template.secrets.any() {
-        return diff;
-    }
-    diff.lines()
-        .map(|line| {
-            if line.starts_with('-') && !line.starts_with("---") {
-                "-<redacted>\n".to_string()
-            } else {
-                format!("{line}\n")
-            }
-        })
-        .collect()
-}
-
 impl Planned<'_> {
     fn as_committed(&self) -> Committed {
         Committed {
             dest: self.dest.clone(),
             state: Fingerprint::of(&self.want),
+        }
+    }
+
+    fn quoting(&self) -> Quoting {
+        Quoting {
+            never: self.template.secrets.all,
+            secrets: render::secret_texts(self.template, &self.reads),
         }
     }
 }
@@ -163,6 +178,22 @@ pub struct BatchReport {
 impl BatchReport {
     pub fn failures(&self) -> usize {
         self.units.iter().filter(|(_, r)| r.is_err()).count() + self.failed_reloads.len()
+    }
+
+    /// Units whose files were written.
+    pub fn changed(&self) -> usize {
+        self.units
+            .iter()
+            .filter(|(_, r)| matches!(r, Ok(Outcome::Committed { .. })))
+            .count()
+    }
+
+    /// Units whose files would change (`--noop`).
+    pub fn would_change(&self) -> usize {
+        self.units
+            .iter()
+            .filter(|(_, r)| matches!(r, Ok(Outcome::WouldChange)))
+            .count()
     }
 }
 
@@ -239,6 +270,8 @@ pub struct Pipeline {
     /// thread sets when it ends: a unit gets no second render thread while
     /// one it abandoned still runs, so runaway renders cannot pile up.
     pub abandoned: Abandoned,
+    /// Commits waiting for the daemon's verdict, and rejected file sets.
+    pub rejections: Rejections,
 }
 
 /// See [`Pipeline::abandoned`].
@@ -279,6 +312,7 @@ impl Pipeline {
             limits: RenderLimits::default(),
             keep: Arc::default(),
             abandoned: Abandoned::default(),
+            rejections: Rejections::default(),
         }
     }
 
@@ -299,7 +333,7 @@ impl Pipeline {
                     }
                 }
                 (Ok(_), _) => self.metrics.unit_success(&unit.name),
-                (Err(e), _) => tracing::error!(resource = %unit.name, error = %e, "unit failed"),
+                (Err(e), _) => log_unit_error(&unit.name, e),
             }
             report.units.push((unit.name.clone(), result));
         }
@@ -309,16 +343,56 @@ impl Pipeline {
                 Err(e) => report.failed_reloads.push((key, names, e)),
             }
         }
+        let (total, failed) = (report.units.len(), report.failures());
+        let failed_part = if failed > 0 {
+            format!(", {failed} failed")
+        } else {
+            String::new()
+        };
+        let plural = if total == 1 { "" } else { "s" };
+        if self.options.noop {
+            let would = report.would_change();
+            tracing::info!(
+                resources = total,
+                would_change = would,
+                failed,
+                "{total} resource{plural}, {would} would change{failed_part}"
+            );
+        } else {
+            let changed = report.changed();
+            tracing::info!(
+                resources = total,
+                changed,
+                failed,
+                "{total} resource{plural}, {changed} changed{failed_part}"
+            );
+        }
         report
     }
 
     /// Runs one reload for `names`, counts it, and on success records each
     /// unit's last success (a unit has succeeded once its daemon took it).
+    ///
+    /// When BIRD rejects the configuration (8002), each resource's files
+    /// are rolled back to what its commits replaced (`on_reject =
+    /// "rollback"`, the default) or left in place (`"keep"`).
     pub async fn reload(&self, key: &ReloadKey, names: &[String]) -> Result<(), ReloadFailure> {
-        let span = tracing::info_span!("reload", resources = %names.join(","));
-        let result = reload::reload(&key.action, &key.dest)
+        let resources = names.join(",");
+        let span = tracing::info_span!("reload", resources = %resources);
+        let snapshot = self.rejections.pending(names);
+        let result = reload::reload(&key.action, &key.dest, names)
             .instrument(span)
             .await;
+        let result = match result {
+            Ok(()) => {
+                self.rejections.accepted(&snapshot);
+                Ok(())
+            }
+            Err(ReloadFailure::Bird(error @ BirdError::Config { .. })) => Err(
+                ReloadFailure::Rejected(Box::new(self.rejected(error, names, &snapshot))),
+            ),
+            Err(e) => Err(e),
+        };
         for name in names {
             self.metrics
                 .reload(name, reload::method(&key.action), result.is_ok());
@@ -327,9 +401,93 @@ impl Pipeline {
             }
         }
         if let Err(e) = &result {
-            tracing::error!(resources = %names.join(","), error = %e, "reload failed");
+            for name in names {
+                tracing::error!(resource = %name, resources = %resources, error = %e, "{name}: reload failed");
+            }
         }
         result
+    }
+
+    /// BIRD rejected what `names` committed: per resource, puts the
+    /// previous files back or leaves them, counts it, and says so.
+    fn rejected(&self, error: BirdError, names: &[String], snapshot: &[Pending]) -> Rejection {
+        // BIRD's message may quote a value, and a value may be secret.
+        let secrets: Vec<String> = snapshot
+            .iter()
+            .flat_map(|p| &p.members)
+            .flat_map(|m| m.quoting.secrets.iter().cloned())
+            .collect();
+        let error = match error {
+            BirdError::Config {
+                socket,
+                code,
+                message,
+            } => BirdError::Config {
+                socket,
+                code,
+                message: render::redact_texts(&message, &secrets),
+            },
+            other => other,
+        };
+        let message = error.to_string();
+        let named: Vec<Named> = snapshot
+            .iter()
+            .flat_map(|p| &p.members)
+            .map(|m| Named {
+                named: &m.dest,
+                dest: &m.dest,
+                content: &m.current.content,
+                quoting: &m.quoting,
+            })
+            .collect();
+        let mut detail = rejected::line_notes(&message, &named, "rejected");
+        let mut rolled_back = Vec::new();
+        let mut restored = Vec::new();
+        for name in names {
+            let pending = snapshot.iter().find(|p| p.unit == *name);
+            let what = match pending {
+                Some(p) if p.policy == OnReject::Rollback => match self.rejections.roll_back(p) {
+                    Rollback::Done { restored: files } => {
+                        let files_of: Vec<(&Path, &[u8])> = p
+                            .members
+                            .iter()
+                            .map(|m| (m.dest.as_path(), m.current.content.as_slice()))
+                            .collect();
+                        let kept = self
+                            .rejections
+                            .keep(name, &files_of)
+                            .map(|d| format!(", the rejected ones are kept in {}", d.display()))
+                            .unwrap_or_default();
+                        self.metrics.rejected_config(name, "rollback");
+                        rolled_back.push(name.clone());
+                        restored.extend(files);
+                        format!("the previous files are back in place (BIRD keeps running its old configuration){kept}; not tried again until its data or templates change")
+                    }
+                    Rollback::Superseded => {
+                        "committed again since; the newer files wait for their own reload".into()
+                    }
+                    Rollback::Failed(e) => {
+                        self.metrics.rejected_config(name, "keep");
+                        format!("the previous files could not be put back ({e}); the rejected files stay and the reload is retried")
+                    }
+                },
+                Some(_) => {
+                    self.metrics.rejected_config(name, "keep");
+                    "the rejected files stay (on_reject = \"keep\"); the reload is retried".into()
+                }
+                None => {
+                    self.metrics.rejected_config(name, "keep");
+                    "no record of the files its commit replaced (committed before a restart); the rejected files stay and the reload is retried".into()
+                }
+            };
+            detail.push_str(&format!("; {name}: {what}"));
+        }
+        Rejection {
+            error,
+            detail,
+            rolled_back,
+            restored,
+        }
     }
 
     /// Whether this run reloads anything at all.
@@ -339,6 +497,18 @@ impl Pipeline {
 
     /// Renders, compares, stages, checks and commits one unit.
     pub async fn process(&self, unit: &Unit, store: &Arc<Store>) -> Result<Outcome, UnitError> {
+        let outcome = self.run_stages(unit, store).await;
+        // The next success cleans up a rejected set kept for inspection.
+        if matches!(
+            outcome,
+            Ok(Outcome::Unchanged { .. } | Outcome::Committed { .. })
+        ) {
+            self.rejections.clear(&unit.name);
+        }
+        outcome
+    }
+
+    async fn run_stages(&self, unit: &Unit, store: &Arc<Store>) -> Result<Outcome, UnitError> {
         let started = Instant::now();
         let planned = match self.render(unit, store).await {
             Ok(rendered) => self.plan(unit, rendered),
@@ -357,24 +527,66 @@ impl Pipeline {
             d.missing || d.content
         });
         if !changed.contains(&true) {
-            tracing::debug!("unchanged");
+            tracing::debug!(resource = %unit.name, "unchanged");
             return Ok(Outcome::Unchanged { files });
         }
         if self.options.noop {
-            self.report_noop(&planned, &changed);
+            self.report_noop(unit, &planned, &changed);
             return Ok(Outcome::WouldChange);
         }
-        let members = planned
-            .iter()
-            .map(|p| (p.target.clone(), p.want.clone()))
-            .collect();
+        let fingerprints: Vec<(PathBuf, Fingerprint)> =
+            files.iter().map(|f| (f.dest.clone(), f.state)).collect();
+        if self.rejections.still_refused(&unit.name, &fingerprints) {
+            let kept = self
+                .rejections
+                .dir_of(&unit.name)
+                .filter(|d| d.exists())
+                .map(|d| format!(" (kept in {})", d.display()))
+                .unwrap_or_default();
+            return Err(UnitError::StillRejected { kept });
+        }
+        let mut members = Vec::with_capacity(planned.len());
+        for p in &planned {
+            // Only --noop plans a destination whose directory is missing.
+            let target = p.target.clone().ok_or_else(|| {
+                UnitError::Destination(pinned::PathError::Io {
+                    path: p.dest.clone(),
+                    source: std::io::ErrorKind::NotFound.into(),
+                })
+            })?;
+            members.push((target, p.want.clone()));
+        }
         let stage = Stage::create(&unit.name, members, self.options.keep_stage)?;
         if !self.options.sync_only {
             if let Err(failure) = check::check(unit, &stage).await {
                 self.metrics.check_failure(&unit.name);
-                return Err(check_error(&stage, &failure, &planned));
+                let files: Vec<(&Path, &[u8])> = stage
+                    .files()
+                    .iter()
+                    .map(|f| (f.dest.as_path(), f.state.content.as_slice()))
+                    .collect();
+                let kept = self.rejections.keep(&unit.name, &files);
+                return Err(check_error(&stage, &failure, &planned, kept.as_deref()));
             }
         }
+        // What the commit replaces, so that a configuration BIRD rejects can
+        // be put back.
+        let pending = (unit.on_reject.is_some() && reload && self.reloads()).then(|| Pending {
+            unit: unit.name.clone(),
+            policy: unit.on_reject.unwrap_or_default(),
+            members: planned
+                .iter()
+                .zip(stage.files())
+                .zip(&changed)
+                .map(|((p, file), changed)| rejected::Member {
+                    dest: file.dest.clone(),
+                    target: file.target.clone(),
+                    previous: changed.then(|| p.have.clone()),
+                    current: p.want.clone(),
+                    quoting: p.quoting(),
+                })
+                .collect(),
+        });
         // No await from here to the end of the commits: a shutdown that
         // drops this future can never stop between two of them.
         let mut written = Vec::new();
@@ -385,11 +597,15 @@ impl Pipeline {
             let method = commit::commit(file)?;
             tracing::info!(
                 dest = %file.dest.display(),
+                resource = %unit.name,
                 method = ?method,
                 duration_ms = started.elapsed().as_millis() as u64,
                 "committed"
             );
             written.push(file.dest.clone());
+        }
+        if let Some(pending) = pending {
+            self.rejections.committed(pending);
         }
         self.metrics.commit(&unit.name);
         Ok(Outcome::Committed {
@@ -474,9 +690,21 @@ impl Pipeline {
         let mut planned = Vec::with_capacity(unit.templates.len());
         for (template, rendered) in unit.templates.iter().zip(rendered) {
             // Never through a link an unprivileged user could have planted.
-            let target = pinned::Target::resolve(&template.dest, template.follow_symlink)?;
-            let have = compare::read(&target)?;
-            let dest = target.path.clone();
+            let (target, have, dest) =
+                match pinned::Target::resolve(&template.dest, template.follow_symlink) {
+                    Ok(target) => {
+                        let have = compare::read(&target)?;
+                        let dest = target.path.clone();
+                        (Some(target), have, dest)
+                    }
+                    // A dry run on a machine without the directory: the
+                    // commit would create the file (once the directory
+                    // exists). Links are still refused above.
+                    Err(e) if e.is_not_found() && self.options.noop => {
+                        (None, None, template.dest.clone())
+                    }
+                    Err(e) => return Err(e.into()),
+                };
             // Unset attributes keep what confera set before, else what the
             // destination has (as confd does), else 0644 and our own ids.
             let kept = self
@@ -508,11 +736,14 @@ impl Pipeline {
         Ok(planned)
     }
 
-    fn report_noop(&self, planned: &[Planned], changed: &[bool]) {
+    fn report_noop(&self, unit: &Unit, planned: &[Planned], changed: &[bool]) {
         let mut stdout = std::io::stdout().lock();
         for (p, _) in planned.iter().zip(changed).filter(|(_, c)| **c) {
-            let what = compare::difference(p.have.as_ref(), &p.want).describe();
-            tracing::info!(dest = %p.dest.display(), differs = %what, "would change");
+            let mut what = compare::difference(p.have.as_ref(), &p.want).describe();
+            if p.target.is_none() {
+                what.push_str(" (its directory does not exist yet)");
+            }
+            tracing::info!(dest = %p.dest.display(), resource = %unit.name, differs = %what, "would change");
             if self.options.diff {
                 let diff = if p.template.secrets.all {
                     format!(
@@ -521,7 +752,7 @@ impl Pipeline {
                     )
                 } else {
                     let diff = compare::unified_diff(&p.dest, p.have.as_ref(), &p.want);
-                    redact_diff(&diff, p)
+                    self.masked_diff(&diff, p)
                 };
                 // stdout carries only what was asked for; a closed pipe is not our error.
                 let _ = stdout.write_all(diff.as_bytes());
@@ -529,4 +760,37 @@ impl Pipeline {
         }
         let _ = stdout.flush();
     }
+
+    /// A diff with secret values masked: in new and unchanged lines each
+    /// secret text is `<redacted>`; an old line whose template line may
+    /// print a secret is masked whole (see [`mask`]).
+    fn masked_diff(&self, diff: &str, p: &Planned) -> String {
+        if !p.template.secrets.any() {
+            return diff.to_string();
+        }
+        let secrets = render::secret_texts(p.template, &p.reads);
+        let new = String::from_utf8_lossy(&p.want.content);
+        let sources = self.renderer.sources_of(&p.template.src);
+        let mask = mask::Mask::new(&sources, &new, &secrets);
+        let mut out = String::with_capacity(diff.len());
+        for (index, line) in diff.lines().enumerate() {
+            // The `---`/`+++` header is the first two lines.
+            let is_header = index < 2;
+            match line.strip_prefix('-') {
+                Some(old) if !is_header && mask.old_line_may_hold_secret(old) => {
+                    out.push_str("-<redacted>");
+                }
+                _ => out.push_str(&render::redact_texts(line, &secrets)),
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Logs a unit's failure: the resource and what failed, for a person, and
+/// the whole error.
+pub fn log_unit_error(name: &str, e: &UnitError) {
+    let what = e.what();
+    tracing::error!(resource = %name, error = %e, "{name}: {what}");
 }

@@ -16,8 +16,21 @@ use bird::Configure;
 
 /// Runs every method that `action` names: BIRD's control socket, a signal
 /// to the daemon, and `reload_cmd`, in that order. `dest` fills in
-/// `{{src}}`/`{{dest}}` of the command.
-pub async fn reload(action: &Reload, dest: &Path) -> Result<(), ReloadFailure> {
+/// `{{src}}`/`{{dest}}` of the command. Each step's success is logged once
+/// per resource of `resources` (with `resource` and `resources` fields), so
+/// that a log query on one resource finds its reloads.
+pub async fn reload(
+    action: &Reload,
+    dest: &Path,
+    resources: &[String],
+) -> Result<(), ReloadFailure> {
+    let all = resources.join(",");
+    let dest_field = (!dest.as_os_str().is_empty()).then(|| dest.display().to_string());
+    let each = |log: &dyn Fn(&str)| {
+        for name in resources {
+            log(name);
+        }
+    };
     if let Some(socket) = &action.bird_socket {
         let what = match action.bird_configure {
             BirdConfigure::Plain => Configure::Plain,
@@ -26,7 +39,9 @@ pub async fn reload(action: &Reload, dest: &Path) -> Result<(), ReloadFailure> {
         };
         // 0003, 0004 and 0005 all mean BIRD took the configuration.
         let outcome = bird::configure(socket, &what, action.timeout).await?;
-        tracing::info!(socket = %socket.display(), outcome = ?outcome, "bird reconfigured");
+        each(
+            &|name| tracing::info!(resource = %name, resources = %all, dest = dest_field, socket = %socket.display(), outcome = ?outcome, "bird reconfigured"),
+        );
     }
     if let Some(signal) = action.signal {
         // A process found by name may run as the owner of the daemon's file.
@@ -37,12 +52,17 @@ pub async fn reload(action: &Reload, dest: &Path) -> Result<(), ReloadFailure> {
             signal,
             daemon_user,
         )?;
-        tracing::info!(signal = %signal, pids = ?pids.iter().map(|p| p.as_raw()).collect::<Vec<_>>(), "signalled daemon");
+        let pids: Vec<i32> = pids.iter().map(|p| p.as_raw()).collect();
+        each(
+            &|name| tracing::info!(resource = %name, resources = %all, dest = dest_field, signal = %signal, pids = ?pids, "signalled daemon"),
+        );
     }
     if let Some(cmd) = &action.cmd {
         let cmd = command::expand(cmd, dest, dest);
         command::run(&cmd, action.timeout).await?;
-        tracing::info!(command = %cmd, "reload command succeeded");
+        each(
+            &|name| tracing::info!(resource = %name, resources = %all, dest = dest_field, command = %cmd, "reload command succeeded"),
+        );
     }
     Ok(())
 }

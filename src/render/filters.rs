@@ -8,7 +8,8 @@
 //! output is an address) mark their output safe for the `bird` output policy;
 //! `raw` marks anything. Validation errors name the offending value, except where
 //! it may be a secret (`bird_string`, `json`, `base64_decode`), where they name the
-//! position of the problem instead.
+//! position of the problem instead, and except a value that is or comes from a
+//! secret key's value (a field of a secret JSON document too), which is never shown.
 
 use std::borrow::Cow;
 use std::fmt::Display;
@@ -411,9 +412,19 @@ fn token<'v>(value: &'v Value, expected: &str) -> TeraResult<Cow<'v, str>> {
 /// `"10.0.0.256" is not an IPv4 address`.
 fn rejected(value: &Value, expected: &str, reason: Option<&str>) -> Error {
     note_rejected(value);
-    let shown = match value.as_str() {
-        Some(text) => format!("{text:?}"),
-        None => value.to_string(),
+    let text = match value.as_str() {
+        Some(text) => Cow::Borrowed(text),
+        None => Cow::Owned(value.to_string()),
+    };
+    // A value that is, or comes from, a secret key's value is never shown,
+    // not even a field of a secret JSON document.
+    let secret = super::functions::source_of(&text).is_some_and(|(_, secret)| secret);
+    let shown = if secret {
+        "the value (from a secret key, not shown)".to_string()
+    } else if value.as_str().is_some() {
+        format!("{text:?}")
+    } else {
+        text.into_owned()
     };
     match reason {
         Some(reason) => Error::message(format!("{shown} is not {expected}: {reason}")),

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use tera::{Kwargs, Map, State, Tera, TeraResult, Value};
 
-use crate::resource::{Output, Template};
+use crate::resource::{Output, Secrets, Template};
 use crate::store::{glob_base, is_under, join_keys, normalize_key, relative_key, Store};
 
 /// A key a template read, relative to the resource's prefix, with its value.
@@ -42,6 +42,7 @@ struct ScopeData {
     keys: Vec<String>,
     allow_env: bool,
     output: Output,
+    secrets: Secrets,
     dest: PathBuf,
     reads: Vec<KeyRead>,
     origins: Vec<Origin>,
@@ -64,6 +65,7 @@ impl Scope {
                 keys: template.keys.clone(),
                 allow_env: template.allow_env,
                 output: template.output,
+                secrets: template.secrets.clone(),
                 dest: template.dest.clone(),
                 reads: Vec::new(),
                 origins: Vec::new(),
@@ -87,6 +89,18 @@ impl Scope {
 /// The output policy of the render in progress on this thread.
 pub(super) fn output_policy() -> Option<Output> {
     SCOPE.with(|s| s.try_borrow().ok()?.as_ref().map(|d| d.output))
+}
+
+/// The key of the render in progress whose value `text` is, or is part of
+/// (see [`super::derives_from`]), the latest read first, and whether that
+/// key is secret. A secret source wins over a plain one: a value that may
+/// come from a secret is treated as secret.
+pub(super) fn source_of(text: &str) -> Option<(String, bool)> {
+    SCOPE.with(|s| {
+        let scope = s.try_borrow().ok()?;
+        let scope = scope.as_ref()?;
+        super::source_in(text, &scope.reads, &scope.secrets)
+    })
 }
 
 impl Drop for Scope {

@@ -173,6 +173,9 @@ impl Renderer {
                 if let Some(value) = rejected {
                     if let Some(read) = reads.iter().rev().find(|r| r.value == value) {
                         message.push_str(&format!(" (value of key `{}`)", read.key));
+                    } else if let Some((key, secret)) = source_in(&value, reads, &t.secrets) {
+                        let secret = if secret { "secret " } else { "" };
+                        message.push_str(&format!(" (from {secret}key `{key}`)"));
                     }
                 }
                 message
@@ -183,6 +186,36 @@ impl Renderer {
             line: at.line,
             message: redact(&message, t, reads),
         }
+    }
+
+    /// The sources of template `src` and of every template it includes,
+    /// imports or extends (found by name in its text), for telling which
+    /// lines print values.
+    pub fn sources_of(&self, src: &str) -> Vec<&str> {
+        let mut names = vec![src.to_string()];
+        let mut found = Vec::new();
+        while let Some(name) = names.pop() {
+            let Some((_, text)) = self.sources.iter().find(|(n, _)| *n == name) else {
+                continue;
+            };
+            if found.contains(&text.as_str()) {
+                continue;
+            }
+            found.push(text.as_str());
+            for word in ["include", "import", "extends"] {
+                for (at, _) in text.match_indices(word) {
+                    let rest = text[at + word.len()..].trim_start();
+                    let Some(quote) = rest.chars().next().filter(|c| *c == '"' || *c == '\'')
+                    else {
+                        continue;
+                    };
+                    if let Some(end) = rest[1..].find(quote) {
+                        names.push(rest[1..1 + end].to_string());
+                    }
+                }
+            }
+        }
+        found
     }
 
     /// Renders `t` again with print markers and returns the template and
@@ -356,28 +389,114 @@ fn explain(at: &Located, sources: &[(String, String)]) -> String {
     message
 }
 
-/// Replaces every secret value read by the template with `<redacted>`.
+/// Fields of secret JSON values shorter than this are not searched for in
+/// messages: replacing every `1` or `on` would garble them. Validation
+/// filters never show a value derived from a secret, whatever its length.
+const MIN_SECRET_FIELD: usize = 4;
+
+/// Replaces every secret value read by the template, and every field of a
+/// secret JSON value (see [`secret_texts`]), with `<redacted>`.
 pub fn redact(text: &str, t: &Template, reads: &[KeyRead]) -> String {
     if !t.secrets.any() {
         return text.to_string();
     }
+    redact_texts(text, &secret_texts(t, reads))
+}
+
+/// Replaces each of `secrets` (as it is, or quoted Rust-style) with
+/// `<redacted>`.
+pub fn redact_texts(text: &str, secrets: &[String]) -> String {
     let mut out = text.to_string();
-    let mut secrets: Vec<&str> = reads
-        .iter()
-        .filter(|r| !r.value.is_empty() && t.secrets.is_secret(&r.absolute))
-        .map(|r| r.value.as_str())
-        .collect();
-    // Longest first, so a secret that contains another is replaced whole.
-    secrets.sort_by_key(|v| std::cmp::Reverse(v.len()));
     for value in secrets {
-        out = out.replace(value, "<redacted>");
+        out = out.replace(value.as_str(), "<redacted>");
         // Messages quote values Rust-style, escaping quotes and backslashes.
         let escaped = value.escape_debug().to_string();
-        if escaped != value {
+        if escaped != *value {
             out = out.replace(&escaped, "<redacted>");
         }
     }
     out
+}
+
+/// The texts a render's secret values can show up as in its output or a
+/// message, longest first: each whole secret value and, for a value that is
+/// a JSON document, each string and number in it (at least
+/// [`MIN_SECRET_FIELD`] long), plus the canonical form of those that are IP
+/// addresses (what `ip`, `ipv4` and `ipv6` print).
+pub fn secret_texts(t: &Template, reads: &[KeyRead]) -> Vec<String> {
+    let mut texts: Vec<String> = Vec::new();
+    for read in reads {
+        if read.value.is_empty() || !t.secrets.is_secret(&read.absolute) {
+            continue;
+        }
+        texts.push(read.value.clone());
+        for field in json_fields(&read.value) {
+            if let Ok(ip) = field.parse::<std::net::IpAddr>() {
+                texts.push(ip.to_string());
+            }
+            if field.chars().count() >= MIN_SECRET_FIELD {
+                texts.push(field);
+            }
+        }
+    }
+    // Longest first, so a secret that contains another is replaced whole.
+    texts.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    texts.dedup();
+    texts
+}
+
+/// The strings and numbers in a JSON document (object or array); nothing
+/// for any other text.
+fn json_fields(value: &str) -> Vec<String> {
+    let trimmed = value.trim_start();
+    if !trimmed.starts_with(['{', '[']) {
+        return Vec::new();
+    }
+    let Ok(doc) = serde_json::from_str::<serde_json::Value>(value) else {
+        return Vec::new();
+    };
+    let mut fields = Vec::new();
+    let mut stack = vec![&doc];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::String(s) if !s.is_empty() => fields.push(s.clone()),
+            serde_json::Value::Number(n) => fields.push(n.to_string()),
+            serde_json::Value::Array(items) => stack.extend(items),
+            serde_json::Value::Object(map) => stack.extend(map.values()),
+            _ => {}
+        }
+    }
+    fields
+}
+
+/// Whether `text` is `value`, part of it, or part of a field of it when
+/// `value` is a JSON document (whose text escapes what the field holds).
+pub(crate) fn derives_from(text: &str, value: &str) -> bool {
+    if text.is_empty() || value.is_empty() {
+        return false;
+    }
+    value.contains(text) || json_fields(value).iter().any(|f| f.contains(text))
+}
+
+/// The key among `reads` that `text` derives from (see [`derives_from`]),
+/// the latest read first, and whether it is secret. A secret source wins:
+/// a value that may come from a secret is treated as one.
+pub(crate) fn source_in(
+    text: &str,
+    reads: &[KeyRead],
+    secrets: &crate::resource::Secrets,
+) -> Option<(String, bool)> {
+    let mut plain = None;
+    for read in reads.iter().rev() {
+        if !derives_from(text, &read.value) {
+            continue;
+        }
+        if secrets.is_secret(&read.absolute) {
+            return Some((read.key.clone(), true));
+        }
+        plain.get_or_insert_with(|| read.key.clone());
+    }
+    plain.map(|key| (key, false))
 }
 
 /// Finds the first `error: MESSAGE` and `--> NAME:LINE:COL` lines of a

@@ -50,6 +50,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// The fixed words allowed in each bounded label; anything else becomes `other`.
 const RELOAD_METHODS: [&str; 3] = ["signal", "command", "bird_socket"];
 const DRIFT_ACTIONS: [&str; 2] = ["restore", "warn"];
+/// What was done with a configuration the daemon rejected (`on_reject`).
+const REJECT_ACTIONS: [&str; 2] = ["rollback", "keep"];
 const BACKENDS: [&str; 3] = ["etcd", "file", "env"];
 const OTHER: &str = "other";
 
@@ -93,6 +95,7 @@ struct Inner {
     reloads: Family<ReloadLabels, Counter>,
     last_success: Family<ResourceLabels, Gauge<f64, AtomicU64>>,
     drift: Family<DriftLabels, Counter>,
+    rejected_configs: Family<DriftLabels, Counter>,
     backend_up: Family<BackendLabels, Gauge>,
     revision: Family<BackendLabels, Gauge>,
     watch_restarts: Family<BackendLabels, Counter>,
@@ -176,6 +179,12 @@ impl Metrics {
             "drift",
             "Destination files found changed behind confera's back, by action",
             drift.clone(),
+        );
+        let rejected_configs = Family::<DriftLabels, Counter>::default();
+        registry.register(
+            "rejected_configs",
+            "Committed configurations the daemon rejected, by what was done (rollback or keep)",
+            rejected_configs.clone(),
         );
         let backend_up = Family::<BackendLabels, Gauge>::default();
         registry.register(
@@ -275,6 +284,7 @@ impl Metrics {
                 reloads,
                 last_success,
                 drift,
+                rejected_configs,
                 backend_up,
                 revision,
                 watch_restarts,
@@ -355,6 +365,18 @@ impl Metrics {
             .get_or_create(&DriftLabels {
                 resource: unit.to_owned(),
                 action: fixed(action, &DRIFT_ACTIONS),
+            })
+            .inc();
+    }
+
+    /// `confera_rejected_configs_total{resource,action}`; `action` is
+    /// `rollback` or `keep`.
+    pub fn rejected_config(&self, unit: &str, action: &str) {
+        self.inner
+            .rejected_configs
+            .get_or_create(&DriftLabels {
+                resource: unit.to_owned(),
+                action: fixed(action, &REJECT_ACTIONS),
             })
             .inc();
     }
@@ -501,6 +523,14 @@ impl Metrics {
                     resource: (*unit).to_owned(),
                     action,
                 }));
+            }
+            if *method == Some("bird_socket") {
+                for action in REJECT_ACTIONS {
+                    drop(self.inner.rejected_configs.get_or_create(&DriftLabels {
+                        resource: (*unit).to_owned(),
+                        action,
+                    }));
+                }
             }
             drop(self.inner.commits.get_or_create(&r));
             drop(self.inner.check_failures.get_or_create(&r));

@@ -20,6 +20,8 @@ pub struct Telemetry {
     pub status: Status,
     pub systemd: Systemd,
     server: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    /// `--noop`: a dry run is never "ready" for anything; say nothing.
+    noop: bool,
 }
 
 impl Telemetry {
@@ -43,6 +45,7 @@ impl Telemetry {
             status,
             systemd: Systemd::from_env(),
             server,
+            noop: settings.options.noop,
         })
     }
 
@@ -63,7 +66,9 @@ impl Telemetry {
     pub fn ready(&self) {
         if self.status.set_ready() {
             self.systemd.ready();
-            tracing::info!("ready: first batch attempted");
+            if !self.noop {
+                tracing::info!("ready: first batch attempted");
+            }
         }
     }
 

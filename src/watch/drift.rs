@@ -64,6 +64,12 @@ impl Drift {
         }
     }
 
+    /// Forgets a destination confera no longer left a file in (a rollback
+    /// removed the file its commit created).
+    pub fn forget(&mut self, dest: &Path) {
+        self.owned.remove(dest);
+    }
+
     /// The attributes confera set, by destination: unset modes and owners
     /// keep those, not what someone changed them to since.
     pub fn kept_attributes(&self) -> HashMap<PathBuf, Attributes> {

@@ -95,6 +95,8 @@ struct Daemon<'t> {
     rerun: HashSet<String>,
     /// Renders abandoned at their limit whose thread may still run.
     abandoned: crate::pipeline::Abandoned,
+    /// Commits waiting for BIRD's verdict, and rejected file sets.
+    rejections: crate::pipeline::rejected::Rejections,
     /// Destinations changed while their unit ran: checked once it is done.
     deferred_drift: HashSet<std::path::PathBuf>,
     /// Units of the first batch not yet done; ready once it is empty.
@@ -143,9 +145,11 @@ pub async fn run(
         &config.units,
         !settings.options.noop,
     );
+    let rejections = crate::run::rejections(&settings);
     let mut daemon = Daemon {
         cli,
         telemetry,
+        rejections,
         index: Index::build(&config.units),
         resync_at: resync_period(&settings).map(|r| after(Instant::now(), r)),
         settings,
@@ -255,7 +259,9 @@ impl Daemon<'_> {
         // Reloads a previous run owed are retried at once.
         let now = Instant::now();
         for (key, units) in self.owed.all() {
-            tracing::info!(resources = %units.join(","), "retrying a reload owed since the last run");
+            for unit in units.iter() {
+                tracing::info!(resource = %unit, resources = %units.join(","), "retrying a reload owed since the last run");
+            }
             for unit in &units {
                 self.telemetry.status.reload_pending(unit, true, None);
             }
@@ -535,6 +541,7 @@ impl Daemon<'_> {
             },
             keep: Arc::new(self.drift.kept_attributes()),
             abandoned: self.abandoned.clone(),
+            rejections: self.rejections.clone(),
         }
     }
 
@@ -621,8 +628,13 @@ impl Daemon<'_> {
                 status.finished(&name, revision, Err(e.to_string()));
                 status.abandoned(&name);
             }
+            Err(e @ UnitError::StillRejected { .. }) => {
+                crate::pipeline::log_unit_error(&name, e);
+                self.scheduler.park(&name);
+                status.finished(&name, revision, Err(e.to_string()));
+            }
             Err(e) => {
-                tracing::error!(resource = %name, error = %e, "unit failed");
+                crate::pipeline::log_unit_error(&name, e);
                 let (attempt, delay) = self.scheduler.failed(&name, Instant::now());
                 tracing::warn!(resource = %name, attempt, retry_in_ms = delay.as_millis() as u64, "will retry");
                 status.finished(&name, revision, Err(e.to_string()));
@@ -635,16 +647,7 @@ impl Daemon<'_> {
         if self.rerun.remove(&name) {
             self.scheduler.at(&name, Instant::now());
         }
-        let deferred: Vec<_> = self
-            .deferred_drift
-            .iter()
-            .filter(|p| self.drift.owner(p) == Some(name.as_str()))
-            .cloned()
-            .collect();
-        for path in deferred {
-            self.deferred_drift.remove(&path);
-            self.check_drift(&path);
-        }
+        self.recheck_deferred_drift(std::slice::from_ref(&name));
         if let Some(first) = &mut self.first_batch {
             first.remove(&name);
             if first.is_empty() {
@@ -665,10 +668,13 @@ impl Daemon<'_> {
         result: Result<(), crate::error::ReloadFailure>,
     ) {
         let status = &self.telemetry.status;
+        let units_done = units.clone();
         match result {
             Ok(()) => {
                 if attempt > 1 {
-                    tracing::info!(resources = %units.join(","), attempt, "reload retry succeeded");
+                    for unit in units.iter() {
+                        tracing::info!(resource = %unit, resources = %units.join(","), attempt, "reload retry succeeded");
+                    }
                 }
                 self.owed.paid(&key);
                 self.scheduler.reload_done(&key);
@@ -678,24 +684,86 @@ impl Daemon<'_> {
             }
             Err(e) => {
                 if attempt > 1 {
-                    tracing::error!(resources = %units.join(","), attempt, error = %e, "reload retry failed");
+                    for unit in units.iter() {
+                        tracing::error!(resource = %unit, resources = %units.join(","), attempt, error = %e, "reload retry failed");
+                    }
                 }
-                self.owed.owe(&key, &units);
-                for unit in &units {
-                    status.reload_pending(unit, true, Some(format!("reload failed: {e}")));
+                if let crate::error::ReloadFailure::Rejected(rejection) = &e {
+                    self.rolled_back(rejection);
                 }
-                let retry = ReloadRetry {
-                    key: key.clone(),
-                    units: units.clone(),
-                    attempt: attempt + 1,
-                };
-                let delay = self.scheduler.reload_failed(retry, Instant::now());
-                tracing::warn!(resources = %units.join(","), attempt, retry_in_ms = delay.as_millis() as u64, "reload will be retried");
+                let units = e.still_owed(&units);
+                if units.is_empty() {
+                    self.scheduler.reload_done(&key);
+                } else {
+                    self.owed.owe(&key, &units);
+                    for unit in &units {
+                        status.reload_pending(unit, true, Some(format!("reload failed: {e}")));
+                    }
+                    let retry = ReloadRetry {
+                        key: key.clone(),
+                        units: units.clone(),
+                        attempt: attempt + 1,
+                    };
+                    let delay = self.scheduler.reload_failed(retry, Instant::now());
+                    for unit in units.iter() {
+                        tracing::warn!(resource = %unit, resources = %units.join(","), attempt, retry_in_ms = delay.as_millis() as u64, "reload will be retried");
+                    }
+                }
             }
         }
         if let Some(job) = self.workers.reload_done(&key) {
             let pipeline = self.pipeline();
             self.workers.reload(job, &pipeline);
+        }
+        self.recheck_deferred_drift(&units_done);
+    }
+
+    /// Checks again the destinations of `units` whose drift check waited
+    /// for their work to end.
+    fn recheck_deferred_drift(&mut self, units: &[String]) {
+        let deferred: Vec<_> = self
+            .deferred_drift
+            .iter()
+            .filter(|p| {
+                self.drift
+                    .owner(p)
+                    .is_some_and(|o| units.iter().any(|u| u == o))
+            })
+            .cloned()
+            .collect();
+        for path in deferred {
+            self.deferred_drift.remove(&path);
+            self.check_drift(&path);
+        }
+    }
+
+    /// BIRD rejected a configuration and these resources' files were put
+    /// back: what confera left there is the previous files again (not
+    /// drift), and each stays failed, parked until its inputs change.
+    fn rolled_back(&mut self, rejection: &crate::error::Rejection) {
+        for (dest, state) in &rejection.restored {
+            let owner = self.drift.owner(dest).map(str::to_owned);
+            match (owner, state) {
+                (Some(unit), Some(state)) => self.drift.own(
+                    &unit,
+                    &[crate::pipeline::Committed {
+                        dest: dest.clone(),
+                        state: *state,
+                    }],
+                ),
+                (Some(_), None) => self.drift.forget(dest),
+                (None, _) => {}
+            }
+        }
+        let message = format!("reload failed: {}", rejection.error);
+        for unit in &rejection.rolled_back {
+            self.scheduler.park(unit);
+            self.telemetry
+                .status
+                .finished(unit, self.store.revision(), Err(message.clone()));
+            self.telemetry
+                .status
+                .reload_pending(unit, false, Some(message.clone()));
         }
     }
 
@@ -748,7 +816,15 @@ impl Daemon<'_> {
         // While its unit runs, a destination may hold our own new commit,
         // not yet recorded: look again once the unit is done.
         if let Some(unit) = self.drift.owner(path) {
-            if self.workers.is_busy(unit) {
+            // A reload may roll the files back (BIRD rejected them).
+            let reloading = self
+                .config
+                .units
+                .iter()
+                .find(|u| u.name == unit)
+                .and_then(ReloadKey::of)
+                .is_some_and(|key| self.workers.is_reloading(&key));
+            if self.workers.is_busy(unit) || reloading {
                 self.deferred_drift.insert(path.to_path_buf());
                 return;
             }

@@ -206,6 +206,7 @@ mod tests {
             bird_check: false,
             render_timeout: None,
             max_output: None,
+            on_reject: None,
         }
     }
 

@@ -71,6 +71,11 @@ impl Workers {
         self.running.contains_key(unit)
     }
 
+    /// Whether a reload with this key runs now.
+    pub fn is_reloading(&self, key: &ReloadKey) -> bool {
+        self.reloading.contains(key)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.tasks.is_empty()
     }

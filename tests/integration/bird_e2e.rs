@@ -364,7 +364,7 @@ fn a_value_that_fails_validation_never_reaches_birds_file_and_is_rendered_once_f
     // An address that is no IPv4 address: the ipv4 filter fails the render,
     // and so does every retry.
     f.etcd.put("/bgp/peers/p2", "10.0.0.300");
-    f.wait_for_log("unit failed");
+    f.wait_for_log("bird: render failed");
     f.wait_for_log("attempt=2");
     let log = f.confera.log();
     assert!(log.contains("10.0.0.300"), "{log}");
@@ -379,9 +379,9 @@ fn a_value_that_fails_validation_never_reaches_birds_file_and_is_rendered_once_f
     let before = f.main_file();
 
     // A name BIRD cannot read as a symbol: bird_ident fails the render.
-    let failures = f.confera.log_count("unit failed");
+    let failures = f.confera.log_count("bird: render failed");
     f.etcd.put("/bgp/peers/peer-3", "127.0.0.4");
-    f.wait_for_log_count("unit failed", failures + 1);
+    f.wait_for_log_count("bird: render failed", failures + 1);
     assert!(f.confera.log().contains("peer-3"), "{}", f.confera.log());
     assert_eq!(f.main_file(), before);
     assert_eq!(f.bgp_protocols(), ["p1", "p2"]);
@@ -555,16 +555,17 @@ fn bird_check_asks_the_running_bird_to_parse_the_staged_file_before_commit() {
 }
 
 /// With no check, a value BIRD cannot parse reaches the file. The reload
-/// over the socket then reports BIRD's 8002 answer, file:line:col included,
-/// and is retried until BIRD accepts the file: here, once it is fixed by
-/// hand (drift = "ignore" leaves the fix alone).
+/// over the socket then reports BIRD's 8002 answer, file:line:col included.
+/// With `on_reject = "keep"` the file stays and the reload is retried until
+/// BIRD accepts the file: here, once it is fixed by hand (drift = "ignore"
+/// leaves the fix alone). The default rolls back (see `rejected.rs`).
 #[test]
 fn a_reload_reports_birds_verdict_and_a_rejected_one_is_retried_until_bird_accepts() {
     let f = Fabric::with_peers(
         &[("/bgp/peers/p1", "127.0.0.2")],
         CHECKED_NAME,
         RAW_NEIGHBOR,
-        &format!("{RELOAD_BY_SOCKET}\ndrift = \"ignore\""),
+        &format!("{RELOAD_BY_SOCKET}\ndrift = \"ignore\"\non_reject = \"keep\""),
     );
 
     f.etcd.put("/bgp/peers/p2", "127.0.0.3");

@@ -277,7 +277,8 @@ fn hostile_calico_values_are_refused_and_nothing_is_committed() {
             serde_json::json!({"ip": format!("10.0.0.254\n{SESSION}"), "as_num": "64600"}).to_string(),
             vec![
                 format!("render calico/bird.tera line {peer_ip}: "),
-                "is not an IPv4 address: it contains whitespace or a control character".to_owned(),
+                // peer_v4 is a secret key: its fields are never shown, and the key is named.
+                "the value (from a secret key, not shown) is not an IPv4 address: it contains whitespace or a control character (from secret key `/global/peer_v4/10.0.0.254`)".to_owned(),
             ],
         ),
         (
@@ -297,6 +298,10 @@ fn hostile_calico_values_are_refused_and_nothing_is_committed() {
         out.assert_code(1);
         for message in messages {
             out.assert_stderr_contains(message);
+        }
+        if key == peer_key {
+            // A field of the secret peer_v4 value is never quoted.
+            assert!(!out.stderr.contains("neighbor 10.0.0.66"), "{out}");
         }
         assert!(!out.stderr.contains("committed dest="), "{out}");
         assert_eq!(snapshot(&dir), before, "out/ changed after {key:?}");

@@ -13,7 +13,7 @@ use crate::support::confdir::{copy_of_repo, REPO};
 /// What the README's first command reads in a clone: the settings file
 /// (file backend, examples/cluster.yaml), the resource, the templates, the
 /// data, and the empty `out/` that git keeps with `.gitkeep`.
-const BIRD_EXAMPLE: &[&str] = &[
+pub(crate) const BIRD_EXAMPLE: &[&str] = &[
     "confera.toml",
     "conf.d",
     "templates",

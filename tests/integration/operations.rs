@@ -621,7 +621,10 @@ const HELP_SECTIONS: [(&str, &[&str]); 4] = [
             "state-dir",
         ],
     ),
-    ("Output", &["noop", "diff", "sync-only", "keep-stage-file"]),
+    (
+        "Output",
+        &["noop", "diff", "exit-code", "sync-only", "keep-stage-file"],
+    ),
     ("Logging", &["log-level", "log-format", "metrics-addr"]),
 ];
 

@@ -361,9 +361,8 @@ fn a_secret_that_fails_validation_is_redacted_in_the_error_and_the_key_named() {
     let run = run_file_backend(&dir, &[]);
 
     run.assert_code(1)
-        .assert_stderr_contains("is not an IPv4 address")
-        .assert_stderr_contains("<redacted>")
-        .assert_stderr_contains("/bgp/passwords/a");
+        .assert_stderr_contains("the value (from a secret key, not shown) is not an IPv4 address")
+        .assert_stderr_contains("(value of key `/bgp/passwords/a`)");
     assert_not_shown(&run, NEW_SECRET);
     assert!(!dir.exists("out/peer.conf"));
 }

@@ -150,7 +150,7 @@ pub(crate) fn unchanged_renders(confera: &Daemon) -> usize {
     confera
         .log()
         .lines()
-        .filter(|l| l.ends_with("}: unchanged"))
+        .filter(|l| l.contains("}: unchanged"))
         .count()
 }
 

@@ -104,6 +104,23 @@ impl ConfDir {
         }
     }
 
+    /// Runs `confera --onetime` on this confdir with the file backend
+    /// reading the data file at RELPATH, plus `flags`.
+    pub fn onetime_with_file(&self, relpath: &str, flags: &[&str]) -> super::cmd::Run {
+        let data = self.dir.path().join(relpath);
+        let mut args = vec![
+            "--confdir",
+            self.arg(),
+            "--backend",
+            "file",
+            "--file",
+            data.to_str().expect("temp dir paths are UTF-8"),
+            "--onetime",
+        ];
+        args.extend_from_slice(flags);
+        super::cmd::run(&args)
+    }
+
     pub fn exists(&self, relpath: &str) -> bool {
         self.dir.path().join(relpath).exists()
     }
