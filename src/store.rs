@@ -164,10 +164,16 @@ impl Store {
         let literal_end = pattern.find('*').unwrap_or(pattern.len());
         // Scan only the part of the map that shares the literal prefix.
         let literal = &pattern[..literal_end];
+        // Every key scanned starts with `literal`, so only what follows its
+        // last `/` is left to match (one segment for `/peers/*`).
+        let base = literal.rfind('/').map_or(0, |i| i + 1);
         self.entries
             .range::<str, _>((Bound::Included(literal), Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(literal))
-            .filter(|(k, _)| glob_match(&pattern, k))
+            .filter(|(k, _)| match k.as_str() {
+                "/" => glob_match(&pattern, k),
+                k => segments_match(&pattern[base..], &k[base..]),
+            })
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect()
     }
@@ -280,18 +286,26 @@ pub fn relative_key(prefix: &str, key: &str) -> String {
 /// Matches a plain key against a normalised pattern in which `*` matches any
 /// run of characters other than `/`. A key that is not plain never matches.
 pub fn glob_match(pattern: &str, key: &str) -> bool {
-    // Walk both segment lists together, without allocating. Both start with
-    // an empty segment (the leading `/`); any other empty key segment means
-    // the key is not plain, except in the root key `/` itself.
-    let root = key == "/";
+    if key == "/" {
+        // The root's one segment is empty: `/` and `/*` match it.
+        return pattern
+            .strip_prefix('/')
+            .is_some_and(|rest| !rest.contains('/') && rest.bytes().all(|b| b == b'*'));
+    }
+    match (pattern.strip_prefix('/'), key.strip_prefix('/')) {
+        (Some(pattern), Some(key)) => segments_match(pattern, key),
+        _ => false,
+    }
+}
+
+/// Matches `/`-separated segments pairwise, walking both without
+/// allocating; an empty key segment (`//`, a trailing `/`) never matches.
+fn segments_match(pattern: &str, key: &str) -> bool {
     let mut pattern_segments = pattern.split('/');
     let mut key_segments = key.split('/');
-    if pattern_segments.next() != Some("") || key_segments.next() != Some("") {
-        return false;
-    }
     loop {
         match (pattern_segments.next(), key_segments.next()) {
-            (_, Some("")) if !root => return false,
+            (_, Some("")) => return false,
             (Some(p), Some(k)) if segment_match(p.as_bytes(), k.as_bytes()) => {}
             (None, None) => return true,
             _ => return false,

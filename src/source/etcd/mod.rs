@@ -54,6 +54,9 @@ impl EtcdConfig {
 pub struct Etcd {
     client: Client,
     config: EtcdConfig,
+    /// The revision the connection probe saw, for the first snapshot to
+    /// read at (one round trip fewer at start-up).
+    probed: Option<i64>,
 }
 
 impl Etcd {
@@ -86,10 +89,14 @@ impl Etcd {
         } else {
             endpoints
         };
-        let client = connect_checked(&endpoints, options, config.request_timeout)
+        let (client, revision) = connect_checked(&endpoints, options, config.request_timeout)
             .await
             .map_err(err)?;
-        Ok(Etcd { client, config })
+        Ok(Etcd {
+            client,
+            config,
+            probed: Some(revision),
+        })
     }
 
     fn error(&self, message: String) -> SourceError {
@@ -114,13 +121,14 @@ impl Etcd {
 }
 
 /// Connects and proves the connection with a Status call (connecting is
-/// lazy), all within `timeout`. Status reads no key, so it needs no
-/// permission: a least-privilege user is refused only where it reads.
+/// lazy), all within `timeout`; returns the client and the revision Status
+/// reported. Status reads no key, so it needs no permission: a
+/// least-privilege user is refused only where it reads.
 async fn connect_checked(
     endpoints: &[String],
     options: ConnectOptions,
     timeout: Duration,
-) -> Result<Client, String> {
+) -> Result<(Client, i64), String> {
     let connect = async {
         let mut client = Client::connect(endpoints, Some(options))
             .await
@@ -129,7 +137,8 @@ async fn connect_checked(
         if status.leader() == 0 {
             return Err("the member has no leader".to_string());
         }
-        Ok(client)
+        let revision = status.header().map_or(0, |h| h.revision());
+        Ok((client, revision))
     };
     tokio::time::timeout(timeout, connect)
         .await

@@ -36,7 +36,8 @@ enum Read {
 
 impl Etcd {
     /// Reads every key at or under `prefixes` at one revision. A Status call
-    /// (which reads no key) fixes the revision; then every merged prefix is
+    /// (which reads no key; at start-up, the connection probe's) fixes the
+    /// revision; then every merged prefix is
     /// read as its [`key_ranges`], all ranges concurrently, each in pages
     /// sized by bytes, so the snapshot is consistent however many prefixes
     /// and keys there are. The store's revision is the snapshot's.
@@ -50,13 +51,20 @@ impl Etcd {
         if prefixes.is_empty() {
             return Ok(Store::new());
         }
-        let status = self
-            .request(|mut c| async move { c.status().await })
-            .await?;
-        let revision = status
-            .header()
-            .map(|h| h.revision())
-            .ok_or_else(|| self.error("a Status reply without a header".into()))?;
+        // The connection probe's revision serves the first snapshot; later
+        // ones (resyncs) ask again.
+        let revision = match self.probed.take().filter(|&r| r > 0) {
+            Some(revision) => revision,
+            None => {
+                let status = self
+                    .request(|mut c| async move { c.status().await })
+                    .await?;
+                status
+                    .header()
+                    .map(|h| h.revision())
+                    .ok_or_else(|| self.error("a Status reply without a header".into()))?
+            }
+        };
         let ranges: Vec<(usize, KeyRange)> = prefixes
             .iter()
             .enumerate()
