@@ -287,13 +287,15 @@ pub fn relative_key(prefix: &str, key: &str) -> String {
 /// run of characters other than `/`. A key that is not plain never matches.
 pub fn glob_match(pattern: &str, key: &str) -> bool {
     if key == "/" {
-        // The root's one segment is empty: `/` and `/*` match it.
-        return pattern
-            .strip_prefix('/')
-            .is_some_and(|rest| !rest.contains('/') && rest.bytes().all(|b| b == b'*'));
+        // Two empty segments: only stars around one `/` (`/`, `/*`) match.
+        return pattern.bytes().filter(|&b| b == b'/').count() == 1
+            && pattern.bytes().all(|b| b == b'/' || b == b'*');
     }
-    match (pattern.strip_prefix('/'), key.strip_prefix('/')) {
-        (Some(pattern), Some(key)) => segments_match(pattern, key),
+    // A plain key's first segment is the empty one before its leading `/`.
+    match (pattern.split_once('/'), key.strip_prefix('/')) {
+        (Some((first, pattern)), Some(key)) => {
+            segment_match(first.as_bytes(), b"") && segments_match(pattern, key)
+        }
         _ => false,
     }
 }

@@ -7,6 +7,8 @@
 //!   idempotent, the same segments;
 //! - prefixes: `is_under` is "the prefix's segments start the key's", and
 //!   `Store::under` / `replace_under` / `children` agree with it;
+//! - exact keys: the store keeps every key it is given as it is, so `/a`
+//!   and `/a/` are two keys and removing one leaves the other;
 //! - globs: `glob_match` is the regex in which `*` is `[^/]*`, on plain keys
 //!   only (a key with an empty segment, such as `/a/`, never matches), and
 //!   `Store::glob` returns exactly the matching keys.
@@ -257,6 +259,35 @@ proptest! {
         }
         let want: Vec<(String, bool)> = want.into_iter().collect();
         prop_assert_eq!(store.children(&path), want, "path {:?}", path);
+    }
+}
+
+// --- exact keys --------------------------------------------------------------
+
+/// Keys as a source may return them, spellings that normalise alike
+/// included (`/a`, `/a/`, `//a`).
+fn source_key() -> impl Strategy<Value = String> {
+    "/[ab/]{0,6}"
+}
+
+proptest! {
+    #[test]
+    fn the_store_keeps_every_key_exactly_as_given(
+        keys in prop::collection::btree_set(source_key(), 0..16),
+        victim in source_key(),
+    ) {
+        let store = store_of(&keys);
+        prop_assert_eq!(store.len(), keys.len(), "no spelling shadows another");
+        for k in &keys {
+            let want = format!("v{k}");
+            prop_assert_eq!(store.get(k), Some(want.as_str()));
+        }
+        // Removing one spelling leaves every other one in place.
+        let mut pruned = store.clone();
+        prop_assert_eq!(pruned.remove(&victim), keys.contains(&victim));
+        for k in keys.iter().filter(|k| **k != victim) {
+            prop_assert!(pruned.get(k).is_some(), "{:?} went with {:?}", k, victim);
+        }
     }
 }
 
