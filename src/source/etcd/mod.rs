@@ -246,11 +246,11 @@ impl KeyRange {
     }
 }
 
-/// The ranges that hold a merged prefix: the key itself and, separately, the
-/// keys below it, `[prefix/, prefix0)` ('0' is the byte after '/'). A grant
-/// on either is enough for confera to start; see [`Etcd::snapshot`]. The
-/// root is one range, every key starting with `/`. Siblings such as
-/// `/app-x` or `/apple` are never read.
+/// The exact ranges that hold a merged prefix: the key itself and,
+/// separately, the keys below it, `[prefix/, prefix0)` ('0' is the byte
+/// after '/'), each the shape of an etcd grant. A grant on either is enough
+/// for confera to start; see [`Etcd::snapshot`]. The root is one range,
+/// every key starting with `/`. Siblings such as `/app-x` are not in them.
 pub fn key_ranges(prefix: &str) -> Vec<KeyRange> {
     if prefix == "/" {
         return vec![KeyRange {
@@ -272,8 +272,9 @@ pub fn key_ranges(prefix: &str) -> Vec<KeyRange> {
 
 /// The one range holding a merged prefix, the keys below it and siblings
 /// such as `/app-x` (`[prefix, prefix0)`, '0' being the byte after '/'):
-/// what a watch asks for first, since one watch is cheapest for a user
-/// who may read it. Readers drop the siblings.
+/// what a snapshot and a watch ask for first, since one request is cheapest
+/// for a user who may read it. Readers drop the siblings; where etcd
+/// refuses the range, they ask for the exact [`key_ranges`].
 pub fn covering_range(prefix: &str) -> KeyRange {
     if prefix == "/" {
         return key_ranges(prefix).remove(0);
@@ -282,6 +283,16 @@ pub fn covering_range(prefix: &str) -> KeyRange {
         key: prefix.to_string(),
         end: Some(format!("{prefix}0")),
     }
+}
+
+/// Whether raw `key` equals `prefix` or lies below it on a `/` boundary
+/// (`is_under` before decoding, so siblings are never decoded or reported).
+fn bytes_under(key: &[u8], prefix: &str) -> bool {
+    if prefix == "/" {
+        return key.starts_with(b"/");
+    }
+    key.strip_prefix(prefix.as_bytes())
+        .is_some_and(|rest| rest.first().is_none_or(|&b| b == b'/'))
 }
 
 /// Whether etcd refused a request for want of permission (not for bad

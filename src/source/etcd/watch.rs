@@ -5,7 +5,9 @@
 use etcd_client::{EventType, WatchOptions};
 use tokio::sync::mpsc;
 
-use super::{covering_range, decode, describe_error, key_ranges, Etcd, KeyRange, MAX_MESSAGE};
+use super::{
+    bytes_under, covering_range, decode, describe_error, key_ranges, Etcd, KeyRange, MAX_MESSAGE,
+};
 use crate::error::SourceError;
 
 /// One change from a watch.
@@ -244,14 +246,4 @@ async fn drain(
         }
     };
     let _ = events.send((generation, lost));
-}
-
-/// Whether raw `key` equals `prefix` or lies below it on a `/` boundary
-/// (`is_under` before decoding, so siblings are never decoded or reported).
-fn bytes_under(key: &[u8], prefix: &str) -> bool {
-    if prefix == "/" {
-        return key.starts_with(b"/");
-    }
-    key.strip_prefix(prefix.as_bytes())
-        .is_some_and(|rest| rest.first().is_none_or(|&b| b == b'/'))
 }
