@@ -6,7 +6,7 @@
 //! normalised, so `getv("/k")` reads exactly `/e/k`; a key with an empty
 //! segment (`/e/k/`) is stored but invisible to `getv`, `gets` and `ls`.
 
-use crate::support::cmd::{reserve_ports, run, wait_until};
+use crate::support::cmd::{reserve_ports, run, wait_until, Daemon};
 use crate::support::confdir::ConfDir;
 use crate::support::etcd::{scrape, sum_metric, Etcd};
 use crate::watch::{Site, DEADLINE, WAIT};
@@ -40,12 +40,36 @@ fn fresh_one_shot(etcd: &Etcd, prefix: &str, template: &str) -> String {
     conf.read("out/fresh.conf")
 }
 
+/// An etcd holding PAIRS.
+fn etcd_with(pairs: &[(&str, &str)]) -> Etcd {
+    let etcd = Etcd::start();
+    etcd.put_many(pairs);
+    etcd
+}
+
+/// Unit NAME rendering TEMPLATE from the prefix `/NAME` (keys `["/"]`), and
+/// confera watching ETCD with EXTRA flags, once the first render is in.
+fn watched(etcd: &Etcd, name: &str, template: &str, first: &str, extra: &[&str]) -> (Site, Daemon) {
+    let site = Site::new();
+    site.unit(name, &["/"], template, &format!("prefix = \"/{name}\""));
+    let confera = site.watch_etcd(&etcd.client_url, WAIT, extra);
+    site.wait_for_output(name, first);
+    (site, confera)
+}
+
+/// Unit NAME's file is what a fresh one-shot renders from the same data.
+#[track_caller]
+fn assert_same_as_a_fresh_one_shot(site: &Site, name: &str, etcd: &Etcd, template: &str) {
+    assert_eq!(
+        site.output(name).unwrap(),
+        fresh_one_shot(etcd, &format!("/{name}"), template),
+        "watch and snapshot give the same store for the same data"
+    );
+}
+
 #[test]
 fn a_key_and_its_trailing_slash_spelling_are_two_keys_in_one_shot() {
-    let etcd = Etcd::start();
-    etcd.put("/e/j", "other");
-    etcd.put("/e/k", "plain");
-    etcd.put("/e/k/", "slash");
+    let etcd = etcd_with(&[("/e/j", "other"), ("/e/k", "plain"), ("/e/k/", "slash")]);
     assert_eq!(
         fresh_one_shot(&etcd, "/e", SEES),
         "k=plain\nls=j,k\ngets=/j=other;/k=plain;\n",
@@ -61,14 +85,9 @@ fn a_key_and_its_trailing_slash_spelling_are_two_keys_in_one_shot() {
 
 #[test]
 fn deleting_one_spelling_of_a_key_keeps_the_other_in_watch_mode() {
-    let etcd = Etcd::start();
-    etcd.put("/e/j", "1");
-    etcd.put("/e/k", "plain");
-    etcd.put("/e/k/", "slash");
-    let site = Site::new();
-    site.unit("e", &["/"], SEES, "prefix = \"/e\"");
-    let _confera = site.watch_etcd(&etcd.client_url, WAIT, &[]);
-    site.wait_for_output("e", "k=plain\nls=j,k\ngets=/j=1;/k=plain;\n");
+    let etcd = etcd_with(&[("/e/j", "1"), ("/e/k", "plain"), ("/e/k/", "slash")]);
+    let first = "k=plain\nls=j,k\ngets=/j=1;/k=plain;\n";
+    let (site, _confera) = watched(&etcd, "e", SEES, first, &[]);
 
     // Deleting `/e/k/` leaves `/e/k`, which etcd still holds; the put after
     // it shows the watcher has seen the delete.
@@ -81,11 +100,7 @@ fn deleting_one_spelling_of_a_key_keeps_the_other_in_watch_mode() {
     etcd.put("/e/k/", "slash again");
     etcd.put("/e/j", "3");
     site.wait_for_output("e", "k=absent\nls=j\ngets=/j=3;\n");
-    assert_eq!(
-        site.output("e").unwrap(),
-        fresh_one_shot(&etcd, "/e", SEES),
-        "the watcher's file equals a fresh one-shot of the same data"
-    );
+    assert_same_as_a_fresh_one_shot(&site, "e", &etcd, SEES);
 }
 
 /// Lists every key of the prefix.
@@ -93,13 +108,8 @@ const LIST: &str = "{% for kv in gets(pattern=\"/*\") %}{{ kv.key }}={{ kv.value
 
 #[test]
 fn a_value_that_is_not_utf8_put_over_a_live_key_gives_the_file_a_fresh_one_shot_gives() {
-    let etcd = Etcd::start();
-    etcd.put("/u/a", "1");
-    etcd.put("/u/b", "2");
-    let site = Site::new();
-    site.unit("u", &["/"], LIST, "prefix = \"/u\"");
-    let _confera = site.watch_etcd(&etcd.client_url, WAIT, &[]);
-    site.wait_for_output("u", "/a=1;/b=2;\n");
+    let etcd = etcd_with(&[("/u/a", "1"), ("/u/b", "2")]);
+    let (site, _confera) = watched(&etcd, "u", LIST, "/a=1;/b=2;\n", &[]);
 
     // A snapshot leaves such a key out, so the watcher must drop it too
     // rather than keep the old value live; the put after it shows the
@@ -107,29 +117,17 @@ fn a_value_that_is_not_utf8_put_over_a_live_key_gives_the_file_a_fresh_one_shot_
     etcd.put_bytes("/u/a", &[0xff, 0xfe]);
     etcd.put("/u/z", "after");
     site.wait_for_output("u", "/b=2;/z=after;\n");
-    assert_eq!(
-        site.output("u").unwrap(),
-        fresh_one_shot(&etcd, "/u", LIST),
-        "watch and snapshot give the same store for the same data"
-    );
+    assert_same_as_a_fresh_one_shot(&site, "u", &etcd, LIST);
 }
 
 #[test]
 fn a_value_that_is_not_utf8_is_logged_once_with_its_key_escaped_and_counted() {
-    let etcd = Etcd::start();
-    etcd.put("/u/a", "1");
-    etcd.put("/u/bad\nkey", "2");
-    let site = Site::new();
-    site.unit("u", &["/"], LIST, "prefix = \"/u\"");
+    let etcd = etcd_with(&[("/u/a", "1"), ("/u/bad\nkey", "2")]);
     let port = reserve_ports(1);
     let metrics = format!("127.0.0.1:{}", port.ports()[0]);
     // `--interval 1` adds full resyncs, which read the bad values again.
-    let confera = site.watch_etcd(
-        &etcd.client_url,
-        WAIT,
-        &["--metrics-addr", &metrics, "--interval", "1"],
-    );
-    site.wait_for_output("u", "/a=1;/bad\nkey=2;\n");
+    let extra = ["--metrics-addr", &metrics, "--interval", "1"];
+    let (site, confera) = watched(&etcd, "u", LIST, "/a=1;/bad\nkey=2;\n", &extra);
     etcd.put_bytes("/u/a", &[0xff, 0xfe]);
     etcd.put_bytes("/u/bad\nkey", &[b'x', 0xc3]);
     site.wait_for_output("u", "\n");
