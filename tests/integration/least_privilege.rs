@@ -120,3 +120,30 @@ fn a_refused_read_names_the_key_and_the_missing_permission() {
         .assert_stderr_contains("`etcdctl role grant-permission ROLE --prefix read /billing/`");
     assert_eq!(site.output("app"), None, "nothing is written");
 }
+
+#[test]
+fn a_reader_granted_a_key_and_the_prefix_below_it_follows_both_in_watch_mode() {
+    let etcd = etcd_with_a_reader();
+    // The key `/app` and the keys below `/app/`, but not the siblings in
+    // between (`/apple`): confera watches the two ranges on one stream.
+    etcd.etcdctl(&[
+        "--user",
+        "root:root-pw",
+        "role",
+        "grant-permission",
+        "reader",
+        "read",
+        "/app",
+    ]);
+    let site = site(&["/app", "/global/asn"]);
+    let _confera = site.watch_etcd(
+        &etcd.client_url,
+        WAIT,
+        &["--username", READER, "--password", READER_PASSWORD],
+    );
+    site.wait_for_output("app", "name=web port=8080 asn=64512 app=bare\n");
+    etcd.put("/app", "bare again");
+    site.wait_for_output("app", "name=web port=8080 asn=64512 app=bare again\n");
+    etcd.put("/app/port", "8081");
+    site.wait_for_output("app", "name=web port=8081 asn=64512 app=bare again\n");
+}
