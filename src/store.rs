@@ -393,6 +393,13 @@ mod tests {
         assert!(glob_match("/p*s/x*", "/peers/xyz"));
         assert!(!glob_match("/p*s/x*", "/peers/yz"));
         assert!(glob_match("/a", "/a"));
+        // Raw patterns follow the regex in which `*` is `[^/]*`: the root key
+        // is two empty segments, a plain key's first segment is empty.
+        assert!(glob_match("*/", "/"));
+        assert!(glob_match("/*", "/"));
+        assert!(!glob_match("/a", "/"));
+        assert!(glob_match("*/*", "/a"));
+        assert!(!glob_match("a/*", "/a"));
         let s = store(&[
             ("/peers/b", "2"),
             ("/peers/a", "1"),
