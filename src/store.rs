@@ -1,14 +1,20 @@
-//! The in-memory key-value store that templates read: a sorted map of
-//! normalised keys plus the source revision it reflects.
+//! The in-memory key-value store that templates read: a sorted map of keys,
+//! exactly as the source gave them, plus the source revision it reflects.
 //!
 //! The store never talks to a backend and never touches the filesystem; sources
-//! fill it, template functions read it.
+//! fill it, template functions read it. Keys are exact: etcd's `/e/k` and
+//! `/e/k/` are two entries, and neither shadows, replaces or deletes the other.
+//! What users write (resource `keys`, template paths) is normalised before it
+//! reaches the store; what a source returns is not. Template lookups see only
+//! *plain* keys (see [`is_plain`]): a key with an empty segment, such as
+//! `/e/k/` or `/e//k`, has no path a template can write, so `getv`, `gets` and
+//! `ls` behave as if it were absent, while it is still stored exactly.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-/// A sorted map from normalised keys (`/a/b`) to values, with the revision of
-/// the source snapshot it reflects (0 for sources without revisions).
+/// A sorted map from exact keys to values, with the revision of the source
+/// snapshot it reflects (0 for sources without revisions).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Store {
     entries: BTreeMap<String, String>,
@@ -18,6 +24,15 @@ pub struct Store {
 impl Store {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store of exact `pairs` at `revision`, built in one pass (cheapest
+    /// when the pairs come sorted, as etcd's ranges do).
+    pub fn from_entries(pairs: Vec<(String, String)>, revision: i64) -> Self {
+        Store {
+            entries: pairs.into_iter().collect(),
+            revision,
+        }
     }
 
     pub fn revision(&self) -> i64 {
@@ -36,10 +51,27 @@ impl Store {
         self.entries.is_empty()
     }
 
-    /// Inserts a value; returns true when the stored value changed.
+    /// Inserts a value under exactly `key`; returns true when the stored
+    /// value changed. Sources whose keys users write (data files, the
+    /// environment) normalise them first.
     pub fn insert(&mut self, key: &str, value: impl Into<String>) -> bool {
-        let key = normalize_key(key);
         let value = value.into();
+        match self.entries.get_mut(key) {
+            Some(old) if *old == value => false,
+            Some(old) => {
+                *old = value;
+                true
+            }
+            None => {
+                self.entries.insert(key.to_string(), value);
+                true
+            }
+        }
+    }
+
+    /// Inserts an owned pair without copying the key; returns true when the
+    /// stored value changed.
+    pub fn insert_owned(&mut self, key: String, value: String) -> bool {
         match self.entries.get_mut(&key) {
             Some(old) if *old == value => false,
             Some(old) => {
@@ -53,21 +85,24 @@ impl Store {
         }
     }
 
-    /// Removes a key; returns true when it was present.
+    /// Removes exactly `key`; returns true when it was present.
     pub fn remove(&mut self, key: &str) -> bool {
-        self.entries.remove(&normalize_key(key)).is_some()
+        self.entries.remove(key).is_some()
     }
 
+    /// The value of exactly `key`. Template functions pass a normalised path,
+    /// so they read plain keys only.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries.get(&normalize_key(key)).map(String::as_str)
+        self.entries.get(key).map(String::as_str)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
-    /// Every entry at or under `prefix`, respecting `/` boundaries: `/app/db`
-    /// yields `/app/db` and `/app/db/x`, never `/app/dbx`.
+    /// Every entry at or under `prefix` (normalised), respecting `/`
+    /// boundaries: `/app/db` yields `/app/db`, `/app/db/` and `/app/db/x`,
+    /// never `/app/dbx`.
     pub fn under<'a>(&'a self, prefix: &str) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
         let prefix = normalize_key(prefix);
         let exact = if prefix == "/" {
@@ -112,7 +147,7 @@ impl Store {
             }
         }
         for (key, value) in fresh.entries {
-            if self.insert(&key, value) {
+            if self.insert_owned(key.clone(), value) {
                 changed.push(key);
             }
         }
@@ -122,28 +157,33 @@ impl Store {
         changed
     }
 
-    /// Entries whose key matches `pattern` (Go's `path.Match`, see
-    /// [`crate::pattern`]: `*` and `?` never cross `/`). Sorted by key.
+    /// Plain entries whose key matches `pattern` (normalised; Go's
+    /// `path.Match`, see [`crate::pattern`]: `*` and `?` never cross `/`).
+    /// Sorted by key.
     pub fn glob<'a>(&'a self, pattern: &str) -> Vec<(&'a str, &'a str)> {
         let pattern = normalize_key(pattern);
         // Scan only the part of the map that shares the literal prefix.
         let literal = crate::pattern::literal_prefix(&pattern);
+        // Every key scanned starts with `literal`, so only what follows its
+        // last `/` is left to match (one segment for `/peers/*`).
+        let base = literal.rfind('/').map_or(0, |i| i + 1);
         self.entries
             .range::<str, _>((Bound::Included(literal), Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(literal))
-            .filter(|(k, _)| glob_match(&pattern, k))
+            .filter(|(k, _)| is_plain(k) && crate::pattern::matches(&pattern[base..], &k[base..]))
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect()
     }
 
-    /// Sorted names of the direct children of `path`, each with whether it
-    /// has children of its own (a directory).
+    /// Sorted names of the direct children of `path` (normalised), each with
+    /// whether it has children of its own (a directory). Only plain keys
+    /// count: an empty name is not a child.
     pub fn children(&self, path: &str) -> Vec<(String, bool)> {
         let path = normalize_key(path);
         let base_len = if path == "/" { 1 } else { path.len() + 1 };
         let mut out: Vec<(String, bool)> = Vec::new();
         for (key, _) in self.under(&path) {
-            if key.len() <= base_len {
+            if key.len() <= base_len || !is_plain(key) {
                 continue;
             }
             let rest = &key[base_len..];
@@ -180,7 +220,15 @@ impl<K: AsRef<str>, V: Into<String>> FromIterator<(K, V)> for Store {
     }
 }
 
-/// Normalises a key: one leading `/`, no empty segments, no trailing `/`.
+/// Whether `key` is plain: `/` itself, or a leading `/` followed by
+/// non-empty segments (no `//`, no trailing `/`). Every normalised path is
+/// plain, and only plain keys are visible to templates.
+pub fn is_plain(key: &str) -> bool {
+    key == "/" || (key.starts_with('/') && !key.ends_with('/') && !key.contains("//"))
+}
+
+/// Normalises a path that a user wrote: one leading `/`, no empty segments,
+/// no trailing `/`. Never applied to keys a source returns.
 /// `a//b/` becomes `/a/b`; the empty key and `/` both become `/`.
 pub fn normalize_key(key: &str) -> String {
     let mut out = String::with_capacity(key.len() + 1);
@@ -219,20 +267,23 @@ pub fn glob_base(pattern: &str) -> &str {
     }
 }
 
-/// `key` relative to `prefix`: `/fabric/peers/a` under `/fabric` is
-/// `/peers/a`. A key not under the prefix is returned as it is.
+/// `key` relative to normalised `prefix`: `/fabric/peers/a` under `/fabric`
+/// is `/peers/a`, and `/fabric` itself is `/`. The key is not normalised (it
+/// may be a store key); one not under the prefix is returned as it is.
 pub fn relative_key(prefix: &str, key: &str) -> String {
-    let key = normalize_key(key);
-    if prefix == "/" || !is_under(&key, prefix) {
-        return key;
+    if prefix == "/" || !is_under(key, prefix) {
+        return key.to_string();
     }
-    normalize_key(&key[prefix.len()..])
+    match &key[prefix.len()..] {
+        "" => "/".to_string(),
+        rest => rest.to_string(),
+    }
 }
 
-/// Matches a normalised key against a pattern, as Go's `path.Match` (see
-/// [`crate::pattern`]).
+/// Matches a key against a normalised pattern, as Go's `path.Match` (see
+/// [`crate::pattern`]). A key that is not plain never matches.
 pub fn glob_match(pattern: &str, key: &str) -> bool {
-    crate::pattern::matches(pattern, key)
+    is_plain(key) && crate::pattern::matches(pattern, key)
 }
 
 #[cfg(test)]
@@ -291,6 +342,13 @@ mod tests {
         assert!(glob_match("/p*s/x*", "/peers/xyz"));
         assert!(!glob_match("/p*s/x*", "/peers/yz"));
         assert!(glob_match("/a", "/a"));
+        // Raw patterns follow the regex in which `*` is `[^/]*`: the root key
+        // is two empty segments, a plain key's first segment is empty.
+        assert!(glob_match("*/", "/"));
+        assert!(glob_match("/*", "/"));
+        assert!(!glob_match("/a", "/"));
+        assert!(glob_match("*/*", "/a"));
+        assert!(!glob_match("a/*", "/a"));
         let s = store(&[
             ("/peers/b", "2"),
             ("/peers/a", "1"),
@@ -334,10 +392,67 @@ mod tests {
     #[test]
     fn insert_reports_whether_the_value_changed() {
         let mut s = Store::new();
-        assert!(s.insert("a", "1"));
+        assert!(s.insert("/a", "1"));
         assert!(!s.insert("/a", "1"));
-        assert!(s.insert("/a/", "2"));
-        assert!(s.remove("a"));
-        assert!(!s.remove("a"));
+        assert!(s.insert("/a", "2"));
+        assert!(s.remove("/a"));
+        assert!(!s.remove("/a"));
+    }
+
+    #[test]
+    fn keys_are_stored_exactly_so_a_trailing_slash_is_another_key() {
+        let mut s = store(&[("/e/k", "plain"), ("/e/k/", "slash"), ("/e//k", "double")]);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.get("/e/k"), Some("plain"));
+        assert_eq!(s.get("/e/k/"), Some("slash"));
+        // Deleting one spelling never touches the other.
+        assert!(s.remove("/e/k/"));
+        assert_eq!(s.get("/e/k"), Some("plain"));
+        assert!(s.insert("/e/k/", "back"));
+        assert!(s.remove("/e/k"));
+        assert_eq!(s.get("/e/k/"), Some("back"));
+    }
+
+    #[test]
+    fn templates_see_only_plain_keys() {
+        assert!(is_plain("/"));
+        assert!(is_plain("/e/k"));
+        assert!(!is_plain("/e/k/"));
+        assert!(!is_plain("/e//k"));
+        assert!(!is_plain("e/k"));
+        let s = store(&[
+            ("/e/k", "plain"),
+            ("/e/k/", "slash"),
+            ("/e/j/", "marker only"),
+            ("/e//x", "double"),
+            ("/e/d/leaf", "1"),
+        ]);
+        // A pattern's `*` never matches the empty segment of `/e/k/`.
+        assert_eq!(s.glob("/e/*"), vec![("/e/k", "plain")]);
+        assert_eq!(s.glob("/e/k/*"), vec![]);
+        assert_eq!(s.glob("/e/*/*"), vec![("/e/d/leaf", "1")]);
+        // `k` is a leaf: its only entry below is nameless; `j` is not listed.
+        assert_eq!(
+            s.children("/e"),
+            vec![("d".to_string(), true), ("k".to_string(), false)]
+        );
+        // `under` and `replace_under` see every exact key.
+        assert_eq!(s.under("/e/k").count(), 2);
+    }
+
+    #[test]
+    fn replace_under_keeps_both_spellings_apart() {
+        let mut s = store(&[("/e/k", "1"), ("/e/k/", "2")]);
+        let changed = s.replace_under(&["/e".to_string()], store(&[("/e/k", "1")]));
+        assert_eq!(changed, ["/e/k/"]);
+        assert_eq!(s.get("/e/k"), Some("1"));
+        assert_eq!(s.get("/e/k/"), None);
+    }
+
+    #[test]
+    fn relative_keys_keep_the_exact_key() {
+        assert_eq!(relative_key("/e", "/e/k/"), "/k/");
+        assert_eq!(relative_key("/e", "/e"), "/");
+        assert_eq!(relative_key("/", "/e//k"), "/e//k");
     }
 }

@@ -7,13 +7,16 @@
 //!   idempotent, the same segments;
 //! - prefixes: `is_under` is "the prefix's segments start the key's", and
 //!   `Store::under` / `replace_under` / `children` agree with it;
-//! - globs: `glob_match` is the regex in which `*` is `[^/]*`, and
+//! - exact keys: the store keeps every key it is given as it is, so `/a`
+//!   and `/a/` are two keys and removing one leaves the other;
+//! - globs: `glob_match` is the regex in which `*` is `[^/]*`, on plain keys
+//!   only (a key with an empty segment, such as `/a/`, never matches), and
 //!   `Store::glob` returns exactly the matching keys.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use confera::source::file;
-use confera::store::{glob_match, is_under, join_keys, normalize_key, Store};
+use confera::store::{glob_match, is_plain, is_under, join_keys, normalize_key, Store};
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -259,6 +262,35 @@ proptest! {
     }
 }
 
+// --- exact keys --------------------------------------------------------------
+
+/// Keys as a source may return them, spellings that normalise alike
+/// included (`/a`, `/a/`, `//a`).
+fn source_key() -> impl Strategy<Value = String> {
+    "/[ab/]{0,6}"
+}
+
+proptest! {
+    #[test]
+    fn the_store_keeps_every_key_exactly_as_given(
+        keys in prop::collection::btree_set(source_key(), 0..16),
+        victim in source_key(),
+    ) {
+        let store = store_of(&keys);
+        prop_assert_eq!(store.len(), keys.len(), "no spelling shadows another");
+        for k in &keys {
+            let want = format!("v{k}");
+            prop_assert_eq!(store.get(k), Some(want.as_str()));
+        }
+        // Removing one spelling leaves every other one in place.
+        let mut pruned = store.clone();
+        prop_assert_eq!(pruned.remove(&victim), keys.contains(&victim));
+        for k in keys.iter().filter(|k| **k != victim) {
+            prop_assert!(pruned.get(k).is_some(), "{:?} went with {:?}", k, victim);
+        }
+    }
+}
+
 // --- globs -------------------------------------------------------------------
 
 /// The reference: `*` is `[^/]*`, everything else is literal.
@@ -287,8 +319,8 @@ proptest! {
     }
 
     #[test]
-    fn glob_match_handles_raw_patterns_like_the_regex(pattern in "[a*/]{0,10}", key in "[a/]{0,10}") {
-        prop_assert_eq!(glob_match(&pattern, &key), glob_regex(&pattern).is_match(&key),
+    fn glob_match_handles_raw_patterns_like_the_regex_on_plain_keys(pattern in "[a*/]{0,10}", key in "[a/]{0,10}") {
+        prop_assert_eq!(glob_match(&pattern, &key), is_plain(&key) && glob_regex(&pattern).is_match(&key),
             "pattern {:?} key {:?}", pattern, key);
     }
 

@@ -554,7 +554,12 @@ pub fn confera_bin() -> PathBuf {
 
 /// `confera` with a clean environment (no CONFERA_*, no RUST_LOG).
 pub fn confera() -> Command {
-    let mut cmd = Command::new(confera_bin());
+    confera_at(&confera_bin())
+}
+
+/// The confera binary BIN with a clean environment, as [`confera`].
+pub fn confera_at(bin: &Path) -> Command {
+    let mut cmd = Command::new(bin);
     for (name, _) in std::env::vars_os() {
         if name.as_encoded_bytes().starts_with(b"CONFERA_") {
             cmd.env_remove(name);

@@ -2,6 +2,12 @@
 //! file and from etcd, with N keys spread over R resources; wall time and
 //! peak RSS (wait4), beside `cat` of the data file or `etcdctl get --prefix`
 //! of the same keys in the same run.
+//!
+//! Knobs (environment): `BENCH_ONESHOT_KEYS` and `BENCH_ONESHOT_UNITS`
+//! (comma-separated sizes, instead of the defaults), `BENCH_ONESHOT_SOURCES`
+//! (`json,etcd,yaml`, any of them), and `BENCH_BEFORE_BIN`: another confera
+//! binary measured in the same runs, interleaved with this one, for a
+//! before/after table side by side.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,6 +26,14 @@ enum Src {
 }
 
 impl Src {
+    fn key(self) -> &'static str {
+        match self {
+            Src::Json => "json",
+            Src::Yaml => "yaml",
+            Src::Etcd => "etcd",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Src::Json => "file (JSON)",
@@ -29,25 +43,60 @@ impl Src {
     }
 }
 
+/// Comma-separated numbers from environment variable NAME, or DEFAULT.
+fn sizes_from_env(name: &str, default: &[usize]) -> Vec<usize> {
+    match std::env::var(name) {
+        Ok(text) => text
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .replace('_', "")
+                    .parse()
+                    .expect("a size list such as 1000,20000")
+            })
+            .collect(),
+        Err(_) => default.to_vec(),
+    }
+}
+
 pub fn run(opts: &Opts) -> Section {
     let runs = if opts.quick { 3 } else { 7 };
-    let sizes: &[usize] = if opts.quick {
-        &[1_000, 10_000]
+    let sizes = if opts.quick {
+        sizes_from_env("BENCH_ONESHOT_KEYS", &[1_000, 10_000])
     } else {
-        &[1_000, 10_000, 100_000]
+        sizes_from_env("BENCH_ONESHOT_KEYS", &[1_000, 10_000, 20_000, 100_000])
     };
-    let units: &[usize] = if opts.quick { &[1, 10] } else { &[1, 10, 100] };
+    let units = if opts.quick {
+        sizes_from_env("BENCH_ONESHOT_UNITS", &[1, 10])
+    } else {
+        sizes_from_env("BENCH_ONESHOT_UNITS", &[1, 10, 100])
+    };
+    let sources =
+        std::env::var("BENCH_ONESHOT_SOURCES").unwrap_or_else(|_| "json,etcd,yaml".into());
+    let before = std::env::var_os("BENCH_BEFORE_BIN").map(PathBuf::from);
     let etcd = Etcd::start();
     let mut results = Vec::new();
     for src in [Src::Json, Src::Etcd] {
-        for &n in sizes {
-            for &r in units {
-                results.push(measure(&etcd, src, n, r, runs));
+        if !sources.split(',').any(|s| s == src.key()) {
+            continue;
+        }
+        for &n in &sizes {
+            for &r in &units {
+                results.push(measure(&etcd, src, n, r, runs, before.as_deref()));
             }
         }
     }
-    results.push(measure(&etcd, Src::Yaml, 10_000, 1, runs));
-    report(&results, runs)
+    if sources.split(',').any(|s| s == Src::Yaml.key()) {
+        results.push(measure(
+            &etcd,
+            Src::Yaml,
+            10_000,
+            1,
+            runs,
+            before.as_deref(),
+        ));
+    }
+    report(&results, runs, before.as_deref())
 }
 
 struct Result {
@@ -60,7 +109,16 @@ struct Result {
     rss_mb: f64,
     baseline_rss_mb: f64,
     cpu_ms: f64,
+    /// The same runs with `BENCH_BEFORE_BIN`, interleaved.
+    before: Option<Before>,
     error: Option<String>,
+}
+
+struct Before {
+    write: Summary,
+    unchanged: Summary,
+    rss_mb: f64,
+    cpu_ms: f64,
 }
 
 /// The data of unit j of R: keys `{top}/u{j}/k/{i}` for every i ≡ j (mod R).
@@ -133,17 +191,20 @@ fn confdir(dir: &Path, top: &str, r: usize) -> Vec<PathBuf> {
     dests
 }
 
-fn measure(etcd: &Etcd, src: Src, n: usize, r: usize, runs: usize) -> Result {
+fn measure(
+    etcd: &Etcd,
+    src: Src,
+    n: usize,
+    r: usize,
+    runs: usize,
+    before_bin: Option<&Path>,
+) -> Result {
     eprintln!("oneshot: {} {n} keys {r} units", src.name());
     let dir = tempdir("oneshot");
     let top = format!("/os{n}x{r}");
     let pairs = data(&top, n, r);
     let dests = confdir(dir.path(), &top, r);
-    let mut confera_cmd = confera();
-    confera_cmd
-        .arg("--confdir")
-        .arg(dir.path().join("confdir"))
-        .arg("--onetime");
+    let mut source_args: Vec<std::ffi::OsString> = Vec::new();
     let mut baseline_cmd;
     match src {
         Src::Json | Src::Yaml => {
@@ -159,19 +220,30 @@ fn measure(etcd: &Etcd, src: Src, n: usize, r: usize, runs: usize) -> Result {
                 write(&f, &text);
                 f
             };
-            confera_cmd.args(["--backend", "file", "--file"]).arg(&file);
+            source_args.extend(["--backend".into(), "file".into(), "--file".into()]);
+            source_args.push(file.clone().into());
             baseline_cmd = Command::new("cat");
             baseline_cmd.arg(&file);
         }
         Src::Etcd => {
             load(etcd, &pairs);
-            confera_cmd.args(["--backend", "etcd", "--node", &etcd.client_url]);
+            source_args.extend(["--backend", "etcd", "--node", &etcd.client_url].map(Into::into));
             baseline_cmd = Command::new("etcdctl");
             baseline_cmd
                 .args(["--endpoints", &etcd.endpoint(), "get", "--prefix", &top])
                 .env("ETCDCTL_API", "3");
         }
     }
+    let command = |bin: Option<&Path>| {
+        let mut cmd = bin.map_or_else(confera, confera_at);
+        cmd.arg("--confdir")
+            .arg(dir.path().join("confdir"))
+            .arg("--onetime")
+            .args(&source_args);
+        cmd
+    };
+    let mut confera_cmd = command(None);
+    let mut before_cmd = before_bin.map(|b| command(Some(b)));
     let stderr = dir.path().join("stderr");
     let mut result = Result {
         src,
@@ -183,41 +255,80 @@ fn measure(etcd: &Etcd, src: Src, n: usize, r: usize, runs: usize) -> Result {
         rss_mb: 0.0,
         baseline_rss_mb: 0.0,
         cpu_ms: 0.0,
+        before: None,
         error: None,
     };
-    // Warm-up (page cache, etcd's caches), not counted.
-    let warm = run_measured(&mut confera_cmd, &stderr);
-    if warm.code != 0 {
-        result.error = Some(format!(
+    let failed = |m: &Measured| {
+        Some(format!(
             "exit {}: {}",
-            warm.code,
+            m.code,
             std::fs::read_to_string(&stderr).unwrap_or_default()
-        ));
-        if src == Src::Etcd {
-            etcd.delete_prefix(&top);
+        ))
+    };
+    // Warm-up (page cache, etcd's caches), not counted.
+    for cmd in std::iter::once(&mut confera_cmd).chain(before_cmd.as_mut()) {
+        let warm = run_measured(cmd, &stderr);
+        if warm.code != 0 {
+            result.error = failed(&warm);
+            if src == Src::Etcd {
+                etcd.delete_prefix(&top);
+            }
+            return result;
         }
-        return result;
     }
     let (mut write_ms, mut same_ms, mut base_ms) = (Vec::new(), Vec::new(), Vec::new());
     let (mut rss, mut base_rss, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..runs {
+    let (mut b_write, mut b_same, mut b_rss, mut b_cpu) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // One write run and one unchanged run of a binary; None when it failed.
+    let pair = |cmd: &mut Command| {
         for d in &dests {
             let _ = std::fs::remove_file(d);
         }
-        let m = run_measured(&mut confera_cmd, &stderr);
-        if m.code != 0 {
-            result.error = Some(format!(
-                "exit {}: {}",
-                m.code,
-                std::fs::read_to_string(&stderr).unwrap_or_default()
-            ));
+        let w = run_measured(cmd, &stderr);
+        if w.code != 0 {
+            return Err(failed(&w));
+        }
+        let u = run_measured(cmd, &stderr);
+        Ok((w, u))
+    };
+    for i in 0..runs {
+        // Alternate which binary goes first, so neither always runs on a
+        // freshly written file set or a warmer etcd.
+        let mut order: Vec<bool> = vec![false];
+        if before_cmd.is_some() {
+            order.push(true);
+            if i % 2 == 1 {
+                order.reverse();
+            }
+        }
+        for is_before in order {
+            let cmd = match (is_before, before_cmd.as_mut()) {
+                (true, Some(b)) => b,
+                _ => &mut confera_cmd,
+            };
+            match pair(cmd) {
+                Err(e) => {
+                    result.error = e;
+                    break;
+                }
+                Ok((w, u)) if is_before => {
+                    b_write.push(w.wall_ms);
+                    b_rss.push(w.maxrss_kb as f64 / 1024.0);
+                    b_cpu.push(w.user_ms + w.sys_ms);
+                    b_same.push(u.wall_ms);
+                }
+                Ok((w, u)) => {
+                    write_ms.push(w.wall_ms);
+                    rss.push(w.maxrss_kb as f64 / 1024.0);
+                    cpu.push(w.user_ms + w.sys_ms);
+                    same_ms.push(u.wall_ms);
+                }
+            }
+        }
+        if result.error.is_some() {
             break;
         }
-        write_ms.push(m.wall_ms);
-        rss.push(m.maxrss_kb as f64 / 1024.0);
-        cpu.push(m.user_ms + m.sys_ms);
-        let m = run_measured(&mut confera_cmd, &stderr);
-        same_ms.push(m.wall_ms);
         let b = run_measured(&mut baseline_cmd, &stderr);
         base_ms.push(b.wall_ms);
         base_rss.push(b.maxrss_kb as f64 / 1024.0);
@@ -231,10 +342,18 @@ fn measure(etcd: &Etcd, src: Src, n: usize, r: usize, runs: usize) -> Result {
     result.rss_mb = summarize(&rss).median;
     result.baseline_rss_mb = summarize(&base_rss).median;
     result.cpu_ms = summarize(&cpu).median;
+    if before_cmd.is_some() {
+        result.before = Some(Before {
+            write: summarize(&b_write),
+            unchanged: summarize(&b_same),
+            rss_mb: summarize(&b_rss).median,
+            cpu_ms: summarize(&b_cpu).median,
+        });
+    }
     result
 }
 
-fn report(results: &[Result], runs: usize) -> Section {
+fn report(results: &[Result], runs: usize, before_bin: Option<&Path>) -> Section {
     let mut md = format!(
         "## 6. One-shot at scale\n\n\
          `confera --onetime` (default log level) as a whole process, median of {runs} runs after \
@@ -282,17 +401,49 @@ fn report(results: &[Result], runs: usize) -> Section {
             target.map_or("-".into(), |t| format!("< {t} ms")),
             met.map_or("-", yes_no),
         ));
+        let before = r.before.as_ref().map(|b| {
+            json!({
+                "write_ms": b.write.json(), "unchanged_ms": b.unchanged.json(),
+                "cpu_ms_write": r3(b.cpu_ms), "peak_rss_mb": r3(b.rss_mb),
+            })
+        });
         rows.push(json!({
-            "source": r.src.name(), "keys": r.keys, "units": r.units,
+            "source": r.src.name(), "keys": r.keys, "units": r.units, "before": before,
             "write_ms": r.write.json(), "unchanged_ms": r.unchanged.json(), "baseline_ms": r.baseline.json(),
             "ratio_unchanged_baseline": ratio(r.unchanged.median, r.baseline.median),
             "cpu_ms_write": r3(r.cpu_ms), "peak_rss_mb": r3(r.rss_mb), "baseline_peak_rss_mb": r3(r.baseline_rss_mb),
             "target_ms": target, "met": met,
         }));
     }
+    if let Some(bin) = before_bin {
+        md.push_str(&format!(
+            "\nBefore and after, measured in the same runs, interleaved (before: `{}`):\n\n\
+             | source | keys | resources | write median, before → after (ms) | unchanged median, before → after (ms) | unchanged, after / before | CPU ms (write), before → after | peak RSS MB, before → after |\n\
+             |---|---|---|---|---|---|---|---|\n",
+            bin.display()
+        ));
+        for r in results.iter().filter(|r| r.error.is_none()) {
+            let Some(b) = &r.before else { continue };
+            md.push_str(&format!(
+                "| {} | {} | {} | {:.1} → {:.1} | {:.1} → {:.1} | {:.2}× | {:.1} → {:.1} | {:.1} → {:.1} |\n",
+                r.src.name(),
+                r.keys,
+                r.units,
+                b.write.median,
+                r.write.median,
+                b.unchanged.median,
+                r.unchanged.median,
+                ratio(r.unchanged.median, b.unchanged.median),
+                b.cpu_ms,
+                r.cpu_ms,
+                b.rss_mb,
+                r.rss_mb,
+            ));
+        }
+    }
     Section {
         name: "oneshot",
         markdown: md,
-        json: json!({"bench": "oneshot", "runs": runs, "results": Value::Array(rows)}),
+        json: json!({"bench": "oneshot", "runs": runs, "before_bin": before_bin.map(|b| b.display().to_string()), "results": Value::Array(rows)}),
     }
 }

@@ -1,16 +1,17 @@
 //! The env source, with confd's mapping: the key `/myapp/db/url` is the
 //! variable `MYAPP_DB_URL`. Reads the process environment, nothing else.
 
-use crate::store::Store;
+use crate::store::{normalize_key, Store};
 
 /// The variable name for a key: `/myapp/db/url` → `MYAPP_DB_URL`.
 pub fn var_name(key: &str) -> String {
     key.trim_matches('/').replace('/', "_").to_uppercase()
 }
 
-/// The key for a variable name: `MYAPP_DB_URL` → `/myapp/db/url`.
+/// The key for a variable name: `MYAPP_DB_URL` → `/myapp/db/url`
+/// (normalised, so `A__B_` is `/a/b`).
 pub fn key_for(var: &str) -> String {
-    format!("/{}", var.to_lowercase().replace('_', "/"))
+    normalize_key(&var.to_lowercase().replace('_', "/"))
 }
 
 /// Every variable whose name starts with the variable name of one of

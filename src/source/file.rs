@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::SourceError;
-use crate::store::Store;
+use crate::store::{is_plain, normalize_key, Store};
 
 /// A parsed data document, independent of its format.
 enum Node {
@@ -112,7 +112,13 @@ fn from_toml(value: toml::Value) -> Node {
 fn flatten(node: &Node, path: &mut String, store: &mut Store) {
     match node {
         Node::Scalar(value) => {
-            store.insert(path, value.clone());
+            // Data files are written by users: their keys are normalised
+            // (a map key "a/" or "" must not make an empty segment).
+            if is_plain(path) {
+                store.insert(path, value.clone());
+            } else {
+                store.insert(&normalize_key(path), value.clone());
+            }
         }
         Node::Map(entries) => {
             for (key, child) in entries {

@@ -84,7 +84,27 @@ struct BackendLabels {
     backend: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartLabels {
+    part: &'static str,
+}
+
 type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
+
+/// `confera_undecodable_entries_total{part}`, process-wide: the etcd source
+/// that meets such entries has no `Metrics` handle, so every registry shares
+/// this one family.
+fn undecodable() -> &'static Family<PartLabels, Counter> {
+    static FAMILY: std::sync::OnceLock<Family<PartLabels, Counter>> = std::sync::OnceLock::new();
+    FAMILY.get_or_init(Family::default)
+}
+
+/// Counts a key (`part = "key"`) or value (`"value"`) from the backend that
+/// is not UTF-8 and was left out of the store.
+pub fn count_undecodable(part: &'static str) {
+    let part = fixed(part, &["key", "value"]);
+    undecodable().get_or_create(&PartLabels { part }).inc();
+}
 
 struct Inner {
     registry: Registry,
@@ -272,6 +292,11 @@ impl Metrics {
             "http_connections_rejected",
             "Metrics connections that could not be accepted (descriptor limits)",
             http_rejected.clone(),
+        );
+        registry.register(
+            "undecodable_entries",
+            "Keys or values from the backend that are not UTF-8, left out of the store, by part",
+            undecodable().clone(),
         );
 
         Metrics {

@@ -1,12 +1,18 @@
 //! The etcd v3 source: a consistent snapshot of several prefixes at one
 //! revision, and watches that resume from a revision.
 //!
-//! Watch streams are drained by their own tasks into a channel, never by the
-//! render loop: an unread stream makes h2 close the whole connection.
+//! Keys are exact: what etcd returns is stored as it is, never normalised.
+//! confera reads and watches only the key ranges its resources' keys cover
+//! ([`KeyRange`]), each shaped like an etcd permission, so a user granted
+//! read on exactly those keys or prefixes is enough; the health probe reads no
+//! key. Watch streams are drained by their own tasks into a channel, never by
+//! the render loop: an unread stream makes h2 close the whole connection.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions};
+use etcd_client::{Client, ConnectOptions};
 
 mod snapshot;
 mod watch;
@@ -48,6 +54,9 @@ impl EtcdConfig {
 pub struct Etcd {
     client: Client,
     config: EtcdConfig,
+    /// The revision the connection probe saw, for the first snapshot to
+    /// read at (one round trip fewer at start-up).
+    probed: Option<i64>,
 }
 
 impl Etcd {
@@ -80,10 +89,14 @@ impl Etcd {
         } else {
             endpoints
         };
-        let client = connect_checked(&endpoints, options, config.request_timeout)
+        let (client, revision) = connect_checked(&endpoints, options, config.request_timeout)
             .await
             .map_err(err)?;
-        Ok(Etcd { client, config })
+        Ok(Etcd {
+            client,
+            config,
+            probed: Some(revision),
+        })
     }
 
     fn error(&self, message: String) -> SourceError {
@@ -118,22 +131,25 @@ impl Etcd {
     }
 }
 
-/// Connects and proves the connection with a cheap read (connecting is
-/// lazy), all within `timeout`.
+/// Connects and proves the connection with a Status call (connecting is
+/// lazy), all within `timeout`; returns the client and the revision Status
+/// reported. Status reads no key, so it needs no permission: a
+/// least-privilege user is refused only where it reads.
 async fn connect_checked(
     endpoints: &[String],
     options: ConnectOptions,
     timeout: Duration,
-) -> Result<Client, String> {
+) -> Result<(Client, i64), String> {
     let connect = async {
         let mut client = Client::connect(endpoints, Some(options))
             .await
             .map_err(|e| describe_error(&e))?;
-        client
-            .get("/", Some(GetOptions::new().with_count_only()))
-            .await
-            .map_err(|e| describe_error(&e))?;
-        Ok(client)
+        let status = client.status().await.map_err(|e| describe_error(&e))?;
+        if status.leader() == 0 {
+            return Err("the member has no leader".to_string());
+        }
+        let revision = status.header().map_or(0, |h| h.revision());
+        Ok((client, revision))
     };
     tokio::time::timeout(timeout, connect)
         .await
@@ -208,6 +224,158 @@ pub fn merge_prefixes(prefixes: &[String]) -> Vec<String> {
     merged
 }
 
+/// One etcd key range that confera reads and watches: a single key, or the
+/// range `[key, end)`. Each has the shape of an etcd permission (`read KEY`,
+/// or `--prefix read KEY`), so the grant a user needs is exactly the ranges
+/// its resources' keys cover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRange {
+    pub key: String,
+    /// The exclusive end; `None` for exactly `key`.
+    pub end: Option<String>,
+}
+
+impl KeyRange {
+    /// What etcd is asked for, for errors and logs: `the key /app`, `the keys
+    /// under /app/ (range [/app/, /app0))`.
+    pub fn describe(&self) -> String {
+        match &self.end {
+            None => format!("the key {}", self.key),
+            Some(end) => format!("the keys under {} (range [{}, {end}))", self.key, self.key),
+        }
+    }
+
+    /// The etcdctl command that grants a role read on this range.
+    pub fn grant(&self) -> String {
+        match &self.end {
+            None => format!("etcdctl role grant-permission ROLE read {}", self.key),
+            Some(_) => format!(
+                "etcdctl role grant-permission ROLE --prefix read {}",
+                self.key
+            ),
+        }
+    }
+}
+
+/// The exact ranges that hold a merged prefix: the key itself and,
+/// separately, the keys below it, `[prefix/, prefix0)` ('0' is the byte
+/// after '/'), each the shape of an etcd grant. A grant on either is enough
+/// for confera to start; see [`Etcd::snapshot`]. The root is one range,
+/// every key starting with `/`. Siblings such as `/app-x` are not in them.
+pub fn key_ranges(prefix: &str) -> Vec<KeyRange> {
+    if prefix == "/" {
+        return vec![KeyRange {
+            key: "/".into(),
+            end: Some("0".into()),
+        }];
+    }
+    vec![
+        KeyRange {
+            key: prefix.to_string(),
+            end: None,
+        },
+        KeyRange {
+            key: format!("{prefix}/"),
+            end: Some(format!("{prefix}0")),
+        },
+    ]
+}
+
+/// The one range holding a merged prefix, the keys below it and siblings
+/// such as `/app-x` (`[prefix, prefix0)`, '0' being the byte after '/'):
+/// what a snapshot and a watch ask for first, since one request is cheapest
+/// for a user who may read it. Readers drop the siblings; where etcd
+/// refuses the range, they ask for the exact [`key_ranges`].
+pub fn covering_range(prefix: &str) -> KeyRange {
+    if prefix == "/" {
+        return key_ranges(prefix).remove(0);
+    }
+    KeyRange {
+        key: prefix.to_string(),
+        end: Some(format!("{prefix}0")),
+    }
+}
+
+/// Whether raw `key` equals `prefix` or lies below it on a `/` boundary
+/// (`is_under` before decoding, so siblings are never decoded or reported).
+fn bytes_under(key: &[u8], prefix: &str) -> bool {
+    if prefix == "/" {
+        return key.starts_with(b"/");
+    }
+    key.strip_prefix(prefix.as_bytes())
+        .is_some_and(|rest| rest.first().is_none_or(|&b| b == b'/'))
+}
+
+/// Whether etcd refused a request for want of permission (not for bad
+/// credentials, which fail every request alike).
+fn is_permission_denied(e: &etcd_client::Error) -> bool {
+    // gRPC status 7 is PERMISSION_DENIED (tonic is not a direct dependency).
+    matches!(e, etcd_client::Error::GRpcStatus(s) if i32::from(s.code()) == 7)
+}
+
+/// Whether a response was larger than the client accepts (tonic's decoder
+/// refuses it with OUT_OF_RANGE), so a smaller page can succeed.
+fn is_too_large(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s)
+        if i32::from(s.code()) == 11 && s.message().contains("too large"))
+}
+
+/// Decodes one key-value pair as the store holds it: `None` when the key
+/// is not UTF-8 (it cannot be stored), `Some((key, None))` when only the
+/// value is not (the key is absent from the store, as a snapshot of the same
+/// data leaves it). Either is reported once per key and revision.
+pub(crate) fn decode(
+    key: Vec<u8>,
+    value: Vec<u8>,
+    mod_revision: i64,
+) -> Option<(String, Option<String>)> {
+    let key = match String::from_utf8(key) {
+        Ok(key) => key,
+        Err(e) => {
+            report_undecodable("key", &e.into_bytes(), mod_revision);
+            return None;
+        }
+    };
+    match String::from_utf8(value) {
+        Ok(value) => Some((key, Some(value))),
+        Err(_) => {
+            report_undecodable("value", key.as_bytes(), mod_revision);
+            Some((key, None))
+        }
+    }
+}
+
+/// Logs and counts a key or value that is not UTF-8, once per key and
+/// revision however many snapshots and watches see it. The key is escaped,
+/// so it cannot forge log lines.
+fn report_undecodable(part: &'static str, key: &[u8], mod_revision: i64) {
+    let escaped = match std::str::from_utf8(key) {
+        Ok(text) => text.escape_debug().to_string(),
+        Err(_) => key.escape_ascii().to_string(),
+    };
+    if !first_time(format!("{part} {escaped} {mod_revision}")) {
+        return;
+    }
+    crate::telemetry::metrics::count_undecodable(part);
+    tracing::warn!(
+        key = %escaped,
+        revision = mod_revision,
+        "{part} is not UTF-8; the key is left out of the store, as if absent"
+    );
+}
+
+/// True the first time `fact` is seen by this process (bounded: after
+/// 4,096 distinct facts the memory starts over, so a fact may repeat).
+fn first_time(fact: String) -> bool {
+    static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    let seen = seen.get_or_insert_with(HashSet::new);
+    if seen.len() >= 4096 {
+        seen.clear();
+    }
+    seen.insert(fact)
+}
+
 /// An endpoint as etcd-client wants it: without a trailing `/`.
 fn trim_endpoint(endpoint: &str) -> String {
     endpoint.trim_end_matches('/').to_string()
@@ -272,5 +440,33 @@ mod tests {
         ]);
         assert_eq!(merged, ["/app", "/appx", "/other"]);
         assert_eq!(merge_prefixes(&["/a".into(), "/".into()]), ["/"]);
+    }
+
+    #[test]
+    fn a_prefix_is_read_as_its_key_and_the_range_below_it() {
+        let ranges = key_ranges("/app");
+        assert_eq!(ranges[0].describe(), "the key /app");
+        assert_eq!(
+            ranges[1].describe(),
+            "the keys under /app/ (range [/app/, /app0))"
+        );
+        assert_eq!(
+            ranges[1].grant(),
+            "etcdctl role grant-permission ROLE --prefix read /app/"
+        );
+        assert_eq!(key_ranges("/").len(), 1);
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_never_reach_the_store() {
+        assert_eq!(
+            decode(b"/k".to_vec(), b"v".to_vec(), 1),
+            Some(("/k".into(), Some("v".into())))
+        );
+        assert_eq!(
+            decode(b"/k".to_vec(), vec![0xff], 2),
+            Some(("/k".into(), None))
+        );
+        assert_eq!(decode(vec![b'/', 0xff], b"v".to_vec(), 3), None);
     }
 }

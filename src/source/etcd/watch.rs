@@ -1,14 +1,17 @@
-//! Watches: one per merged prefix, each drained by its own task into a
-//! channel, resuming from a revision. A watch reports progress only for
-//! events it delivered or etcd's progress notifications, never for the
-//! "watch created" reply, so a reconnect never skips missed events.
+//! Watches: one stream per merged prefix, each drained by its own task into
+//! a channel, resuming from a revision. A stream watches the prefix's whole
+//! range, or its exact ranges when etcd refuses that (least privilege). A
+//! watch reports progress only for events it delivered or etcd's progress
+//! notifications, never for the "watch created" reply, so a reconnect never
+//! skips missed events.
 
 use etcd_client::{EventType, WatchOptions};
 use tokio::sync::mpsc;
 
-use super::{describe_error, Etcd, MAX_MESSAGE};
+use super::{
+    bytes_under, covering_range, decode, describe_error, key_ranges, Etcd, KeyRange, MAX_MESSAGE,
+};
 use crate::error::SourceError;
-use crate::store::{is_under, normalize_key};
 
 /// One change from a watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,14 +61,6 @@ impl Header {
     }
 }
 
-/// How a watch of a merged prefix is asked for.
-fn watch_options(start_revision: i64) -> WatchOptions {
-    WatchOptions::new()
-        .with_prefix()
-        .with_start_revision(start_revision)
-        .with_progress_notify()
-}
-
 impl Etcd {
     /// Watches `prefix` (a merged prefix) from `start_revision`. The stream
     /// is drained by its own task into `events`, each event tagged with
@@ -78,19 +73,22 @@ impl Etcd {
         generation: u64,
         events: mpsc::UnboundedSender<(u64, WatchEvent)>,
     ) -> Result<tokio::task::JoinHandle<()>, SourceError> {
-        // A plain string prefix; the `/` boundary is filtered in `drain`.
-        let key = prefix.to_string();
-        let options = watch_options(start_revision);
+        // One watch over the prefix's whole range, as a user who may read
+        // it needs; `drain` narrows it to the prefix's exact ranges if etcd
+        // refuses it (a least-privilege grant, see `key_ranges`).
+        let range = covering_range(prefix);
+        let options = watch_options(&range, start_revision);
         let stream = self
             .request(|c| async move {
                 c.watch_client()
                     .max_decoding_message_size(MAX_MESSAGE)
-                    .watch(key, Some(options))
+                    .watch(range.key, Some(options))
                     .await
             })
             .await?;
         Ok(tokio::spawn(drain(
             prefix.to_string(),
+            start_revision,
             stream,
             generation,
             events,
@@ -98,55 +96,99 @@ impl Etcd {
     }
 }
 
-/// The changes of one response that lie under `prefix`.
-fn decode(events: &[etcd_client::Event], prefix: &str) -> Vec<Change> {
-    events
-        .iter()
-        .filter_map(|event| {
-            let kv = event.kv()?;
-            let key = normalize_key(kv.key_str().ok()?);
-            if !is_under(&key, prefix) {
-                return None;
-            }
-            Some(match event.event_type() {
-                EventType::Put => Change::Put {
-                    key,
-                    value: kv.value_str().ok()?.to_string(),
-                },
-                EventType::Delete => Change::Delete { key },
-            })
-        })
-        .collect()
+fn watch_options(range: &KeyRange, start_revision: i64) -> WatchOptions {
+    let options = WatchOptions::new()
+        .with_start_revision(start_revision)
+        .with_progress_notify();
+    match &range.end {
+        Some(end) => options.with_range(end.as_bytes()),
+        None => options,
+    }
 }
 
-/// The revision a response vouches for: its last event, or the header of
-/// a progress notification. etcd's "watch created" reply carries the
-/// current revision in its header while the events before it may still be
-/// on their way, so it vouches for nothing; nor does a catching-up
-/// watcher's header, which runs ahead of its events.
-fn progress(response: &etcd_client::WatchResponse) -> i64 {
-    let last_event = response
-        .events()
-        .iter()
-        .filter_map(|e| e.kv().map(|kv| kv.mod_revision()))
-        .max();
-    match last_event {
-        Some(revision) => revision,
-        None if response.created() => 0,
-        None => response.header().map(|h| h.revision()).unwrap_or(0),
+/// One watch of a stream: its range, the id etcd gave it, and the revision
+/// up to which every event of it has been delivered.
+struct Watched {
+    range: KeyRange,
+    id: Option<i64>,
+    revision: i64,
+    refused: bool,
+}
+
+impl Watched {
+    fn new(range: KeyRange, start_revision: i64) -> Watched {
+        Watched {
+            range,
+            id: None,
+            revision: start_revision - 1,
+            refused: false,
+        }
     }
 }
 
 /// Reads a watch stream until it ends, forwarding changes under `prefix`.
+/// The stream starts with one watch over the prefix's whole range; if etcd
+/// refuses it for want of permission, it carries one watch per range of
+/// [`key_ranges`] instead, and each reported revision is then the lowest any
+/// live watch has delivered, so resuming from it loses nothing.
 async fn drain(
     prefix: String,
+    start_revision: i64,
     mut stream: etcd_client::WatchStream,
     generation: u64,
     events: mpsc::UnboundedSender<(u64, WatchEvent)>,
 ) {
-    let lost = loop {
+    let mut watched = vec![Watched::new(covering_range(&prefix), start_revision)];
+    let mut narrower = (prefix != "/").then(|| key_ranges(&prefix));
+    let lost = 'stream: loop {
         match stream.message().await {
             Ok(Some(response)) => {
+                if response.created() {
+                    // Creations are answered in the order they were sent.
+                    let Some(w) = watched.iter_mut().find(|w| w.id.is_none() && !w.refused) else {
+                        continue;
+                    };
+                    if !response.canceled() {
+                        w.id = Some(response.watch_id());
+                        continue;
+                    }
+                    // Refused at creation: how etcd answers a missing permission.
+                    tracing::debug!(range = %w.range.describe(), reason = %response.cancel_reason(), "etcd refused a watch");
+                    w.refused = true;
+                    let denied = response
+                        .cancel_reason()
+                        .to_ascii_lowercase()
+                        .contains("permission denied");
+                    if let Some(ranges) = narrower.take().filter(|_| denied) {
+                        watched = Vec::with_capacity(ranges.len());
+                        for range in ranges {
+                            let options = watch_options(&range, start_revision);
+                            if let Err(e) = stream.watch(range.key.clone(), Some(options)).await {
+                                break 'stream WatchEvent::Lost {
+                                    prefix: prefix.clone(),
+                                    reason: describe_error(&e),
+                                    compacted: false,
+                                };
+                            }
+                            watched.push(Watched::new(range, start_revision));
+                        }
+                        continue;
+                    }
+                    if watched.iter().all(|w| w.refused) {
+                        let what: Vec<String> =
+                            watched.iter().map(|w| w.range.describe()).collect();
+                        break WatchEvent::Lost {
+                            prefix: prefix.clone(),
+                            reason: format!(
+                                "etcd refused to watch {}: {}",
+                                what.join(" and "),
+                                response.cancel_reason()
+                            ),
+                            compacted: false,
+                        };
+                    }
+                    continue;
+                }
                 if response.canceled() {
                     let compacted = response.compact_revision() > 0;
                     break WatchEvent::Lost {
@@ -162,10 +204,51 @@ async fn drain(
                         compacted,
                     };
                 }
+                let changes: Vec<Change> = response
+                    .events()
+                    .iter()
+                    .filter_map(|event| {
+                        let kv = event.kv()?;
+                        // Siblings such as `/app-x` share the whole range.
+                        if !bytes_under(kv.key(), &prefix) {
+                            return None;
+                        }
+                        // Keys are exact; a non-UTF-8 value makes the key
+                        // absent, as a snapshot of the same data does.
+                        let (key, value) =
+                            decode(kv.key().to_vec(), kv.value().to_vec(), kv.mod_revision())?;
+                        Some(match (event.event_type(), value) {
+                            (EventType::Put, Some(value)) => Change::Put { key, value },
+                            _ => Change::Delete { key },
+                        })
+                    })
+                    .collect();
+                // Resume after the last event delivered. Only a response without
+                // events (a progress notification, sent to synced watchers) vouches
+                // for its header revision: a catching-up watcher's header runs ahead.
+                // ("Watch created" replies were handled above: they vouch for nothing.)
+                let revision = response
+                    .events()
+                    .iter()
+                    .filter_map(|e| e.kv().map(|kv| kv.mod_revision()))
+                    .max()
+                    .unwrap_or_else(|| response.header().map(|h| h.revision()).unwrap_or(0));
+                // A response vouches only for its own watch (etcd 3.4's
+                // stream-wide progress reply does not wait for every watch).
+                let id = response.watch_id();
+                for w in watched.iter_mut().filter(|w| w.id == Some(id)) {
+                    w.revision = w.revision.max(revision);
+                }
+                let revision = watched
+                    .iter()
+                    .filter(|w| !w.refused)
+                    .map(|w| w.revision)
+                    .min()
+                    .unwrap_or(revision);
                 let event = WatchEvent::Changes {
                     prefix: prefix.clone(),
-                    revision: progress(&response),
-                    changes: decode(response.events(), &prefix),
+                    revision,
+                    changes,
                     header: Header::of(response.header()),
                 };
                 if events.send((generation, event)).is_err() {

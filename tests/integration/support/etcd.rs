@@ -129,6 +129,51 @@ impl Etcd {
         });
     }
 
+    /// Puts a value of arbitrary bytes, such as one that is not UTF-8.
+    pub fn put_bytes(&self, key: &str, value: &[u8]) {
+        let mut c = self.conn.client.clone();
+        let value = value.to_vec();
+        self.conn.call(format!("put {key}"), async move {
+            c.put(key, value, None).await
+        });
+    }
+
+    /// Runs `etcdctl --endpoints ENDPOINT ARGS...` (the v3 API) and returns
+    /// its stdout; panics with its output when it fails. For set-up steps
+    /// such as users, roles, grants and `auth enable`.
+    pub fn etcdctl(&self, args: &[&str]) -> String {
+        let out = Command::new("etcdctl")
+            .arg("--endpoints")
+            .arg(self.endpoint())
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run etcdctl (is etcd-client installed?)");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed ({}):\n{}{}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// From now on the fixture's own calls (put, get, ...) authenticate as
+    /// USER, as they must once `etcdctl auth enable` has run.
+    pub fn login(&mut self, user: &str, password: &str) {
+        let url = self.client_url.clone();
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_user(user, password);
+        let client = self.conn.call(format!("login as {user}"), async move {
+            Client::connect([url], Some(options)).await
+        });
+        self.conn.client = client;
+    }
+
     /// Deletes KEY; true if it existed.
     pub fn delete(&self, key: &str) -> bool {
         let mut c = self.conn.client.clone();
