@@ -9,6 +9,7 @@ pub mod command;
 pub mod config;
 pub mod duration;
 pub mod error;
+pub mod exec;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod logging;
@@ -32,4 +33,7 @@ pub enum RunStatus {
     Success,
     /// At least one unit or reload failed (exit 1).
     Failed,
+    /// Exec mode: the child's exit status, as a shell gives it (128 + N
+    /// when signal N ended it); confera exits with it.
+    Child(u8),
 }

@@ -31,6 +31,7 @@ fn main() -> ExitCode {
     match runtime.block_on(confera::run(&cli, settings, shutdown)) {
         Ok(RunStatus::Success) => ExitCode::SUCCESS,
         Ok(RunStatus::Failed) => ExitCode::from(1),
+        Ok(RunStatus::Child(code)) => ExitCode::from(code),
         Err(e) => fatal(format, &e),
     }
 }
