@@ -13,6 +13,7 @@ mod corpus;
 mod crash;
 mod drift;
 mod example;
+mod exec;
 mod fabric_lab;
 mod faults;
 mod fixtures_selftest;
