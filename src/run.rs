@@ -4,8 +4,6 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
-
 use crate::audit;
 use crate::cli::{Cli, Command};
 use crate::config::Config;
@@ -53,14 +51,7 @@ pub async fn run(
     exec::reaper::start(&telemetry.metrics);
     // One stop for the loop and the exec child: a signal, or the child
     // exiting under `on_exit = "exit"`.
-    let stop = CancellationToken::new();
-    tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            shutdown.await;
-            stop.cancel();
-        }
-    });
+    let stop = watch::cancelled_by(shutdown);
     let supervisor = settings
         .exec
         .clone()

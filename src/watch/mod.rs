@@ -130,14 +130,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     exec: Option<crate::exec::Starter>,
 ) -> Result<RunStatus, ConfigError> {
-    let stop = CancellationToken::new();
-    tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            shutdown.await;
-            stop.cancel();
-        }
-    });
+    let stop = cancelled_by(shutdown);
     let inbox = Arc::new(Inbox::default());
     let file_watchers = reconfigure::watch_files(&settings, &inbox)?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -233,6 +226,21 @@ pub async fn run(
     } else {
         RunStatus::Success
     })
+}
+
+/// A token cancelled once `shutdown` completes.
+pub fn cancelled_by(
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> CancellationToken {
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
+        }
+    });
+    stop
 }
 
 async fn recv(

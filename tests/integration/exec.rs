@@ -6,7 +6,7 @@
 //! BIRD's configs hold only `protocol device` and static blackhole routes:
 //! nothing listens, and nothing reaches the host's routing tables.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,17 @@ impl ExecBird {
     /// then starts confera without waiting for anything.
     fn spawn(etcd: Etcd, reload: &str, exec: &str) -> ExecBird {
         ExecBird::spawn_with(etcd, &format!("{RESOURCE}{reload}"), exec, |cmd| cmd)
+    }
+
+    /// [`ExecBird::spawn`] against a fresh etcd holding route s1, waiting
+    /// until BIRD runs it; BIRD's pid with it.
+    fn running(reload: &str, exec: &str) -> (ExecBird, i32) {
+        let etcd = Etcd::start();
+        etcd.put("/exec/statics/s1", "10.9.1.0/24");
+        let exec = ExecBird::spawn(etcd, reload, exec);
+        exec.wait_for_statics(&["s1"]);
+        let pid = exec.bird_pid().expect("BIRD wrote its pid file");
+        (exec, pid)
     }
 
     /// [`ExecBird::spawn`] with a resource of its own (`@DIR@` is BIRD's
@@ -228,11 +239,7 @@ fn bird_starts_only_after_the_first_render_and_a_change_in_etcd_reaches_it_by_si
 
 #[test]
 fn a_change_in_etcd_reaches_the_child_through_bird_socket_and_sighup_stays_conferas() {
-    let etcd = Etcd::start();
-    etcd.put("/exec/statics/s1", "10.9.1.0/24");
-    let exec = ExecBird::spawn(etcd, BY_SOCKET, "");
-    exec.wait_for_statics(&["s1"]);
-    let pid = exec.bird_pid().unwrap();
+    let (exec, pid) = ExecBird::running(BY_SOCKET, "");
 
     exec.etcd.put("/exec/statics/s2", "10.9.2.0/24");
     exec.etcd.delete("/exec/statics/s1");
@@ -257,11 +264,7 @@ fn a_change_in_etcd_reaches_the_child_through_bird_socket_and_sighup_stays_confe
 
 #[test]
 fn sigterm_stops_bird_and_confera_exits_with_birds_status_within_the_kill_timeout() {
-    let etcd = Etcd::start();
-    etcd.put("/exec/statics/s1", "10.9.1.0/24");
-    let mut exec = ExecBird::spawn(etcd, BY_SIGHUP, "kill_timeout = \"4s\"\n");
-    exec.wait_for_statics(&["s1"]);
-    let pid = exec.bird_pid().unwrap();
+    let (mut exec, pid) = ExecBird::running(BY_SIGHUP, "kill_timeout = \"4s\"\n");
 
     let sent = Instant::now();
     exec.confera.signal(Signal::SIGTERM);
@@ -282,16 +285,11 @@ fn sigterm_stops_bird_and_confera_exits_with_birds_status_within_the_kill_timeou
 
 #[test]
 fn a_child_that_ignores_the_kill_signal_is_killed_with_its_group_after_the_kill_timeout() {
-    let etcd = Etcd::start();
-    etcd.put("/exec/statics/s1", "10.9.1.0/24");
     // SIGSTOP as the kill signal: BIRD stops and never exits by itself.
-    let mut exec = ExecBird::spawn(
-        etcd,
+    let (mut exec, pid) = ExecBird::running(
         BY_SIGHUP,
         "kill_signal = \"SIGSTOP\"\nkill_timeout = \"1s\"\n",
     );
-    exec.wait_for_statics(&["s1"]);
-    let pid = exec.bird_pid().unwrap();
 
     let sent = Instant::now();
     exec.confera.signal(Signal::SIGTERM);
@@ -309,11 +307,7 @@ fn a_child_that_ignores_the_kill_signal_is_killed_with_its_group_after_the_kill_
 
 #[test]
 fn bird_killed_from_outside_is_restarted_within_the_backoff_and_gets_the_current_config() {
-    let etcd = Etcd::start();
-    etcd.put("/exec/statics/s1", "10.9.1.0/24");
-    let exec = ExecBird::spawn(etcd, BY_SIGHUP, "restart_backoff = \"300ms:2s\"\n");
-    exec.wait_for_statics(&["s1"]);
-    let first = exec.bird_pid().unwrap();
+    let (exec, first) = ExecBird::running(BY_SIGHUP, "restart_backoff = \"300ms:2s\"\n");
 
     kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
     exec.etcd.put("/exec/statics/s2", "10.9.2.0/24");
@@ -346,11 +340,7 @@ fn bird_killed_from_outside_is_restarted_within_the_backoff_and_gets_the_current
 
 #[test]
 fn bird_killed_from_outside_with_on_exit_exit_ends_confera_with_a_non_zero_status() {
-    let etcd = Etcd::start();
-    etcd.put("/exec/statics/s1", "10.9.1.0/24");
-    let mut exec = ExecBird::spawn(etcd, BY_SIGHUP, "on_exit = \"exit\"\n");
-    exec.wait_for_statics(&["s1"]);
-    let pid = exec.bird_pid().unwrap();
+    let (mut exec, pid) = ExecBird::running(BY_SIGHUP, "on_exit = \"exit\"\n");
 
     kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
 
@@ -537,4 +527,61 @@ fn a_missing_program_is_a_configuration_error_before_anything_starts() {
     run_cmd(cmd)
         .assert_code(2)
         .assert_stderr_contains("`confera-no-such-daemon` is not found in PATH");
+}
+
+/// examples/exec: the manifest's conf.d and the image's confera.toml load
+/// together in exec mode (`confera check`), BIRD is started on the file the
+/// first template renders, and reloaded over the socket it is started with.
+#[test]
+fn the_exec_recipe_loads_and_starts_bird_on_the_files_it_renders() {
+    use serde::Deserialize;
+    let repo = Path::new(crate::support::confdir::REPO);
+    let text = std::fs::read_to_string(repo.join("examples/exec/bird-exec.yaml")).unwrap();
+    let docs: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| serde_yaml_ng::Value::deserialize(doc).unwrap())
+        .filter(|doc| !doc.is_null())
+        .collect();
+    let config_map = docs
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("ConfigMap"))
+        .unwrap();
+    let resource = config_map["data"]["bird.toml"].as_str().unwrap();
+    let settings = std::fs::read_to_string(repo.join("examples/exec/confera.toml")).unwrap();
+    let table: toml::Table = toml::from_str(&settings).unwrap();
+    let argv: Vec<&str> = table["exec"]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    let after = |flag: &str| argv[argv.iter().position(|w| *w == flag).unwrap() + 1];
+    let first_dest = resource
+        .lines()
+        .find_map(|l| l.strip_prefix("dest = "))
+        .unwrap();
+    assert_eq!(first_dest, format!("\"{}\"", after("-c")));
+    assert!(resource.contains(&format!("bird_socket = \"{}\"", after("-s"))));
+    let pod = &docs
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("DaemonSet"))
+        .unwrap()["spec"]["template"]["spec"];
+    assert_eq!(pod["containers"].as_sequence().unwrap().len(), 1);
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(table["exec"]["kill_timeout"].as_str() == Some("10s") && grace > 10 + 5);
+
+    // Loaded in exec mode, with the paths moved into a temp dir.
+    let dir = tempfile::tempdir().unwrap();
+    let moved = |text: &str| {
+        text.replace("/etc/bird", &dir.path().join("etc").display().to_string())
+            .replace("/run/bird", &dir.path().join("run").display().to_string())
+    };
+    std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+    let conf = ConfDir::new();
+    conf.copy_in(&repo.join("templates"), "templates");
+    conf.resource("bird", &moved(resource));
+    conf.file("confera.toml", &moved(&settings));
+    let mut cmd = confera();
+    cmd.args(["--confdir", conf.arg(), "check"]);
+    let run = run_cmd(cmd);
+    run.assert_success();
 }
