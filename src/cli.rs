@@ -255,12 +255,12 @@ pub struct ModeArgs {
     /// A resource whose work runs longer than this is reported stuck in /status and /healthz [default: 60s]
     #[arg(long, env = "CONFERA_STUCK_AFTER", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
     pub stuck_after: Option<std::time::Duration>,
-    /// Run COMMAND (split like a shell would, run without one) as confera's child once every resource rendered, stop it with confera; reload_signal without pid_file signals it; more in confera.toml's [exec]
-    #[arg(long, env = "CONFERA_EXEC", value_name = "COMMAND")]
-    pub exec: Option<String>,
     /// Where confera keeps the reloads it still owes across restarts [default: $STATE_DIRECTORY or /var/lib/confera]
     #[arg(long, env = "CONFERA_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Run COMMAND (split like a shell would, run without one) as confera's child once every resource rendered, stop it with confera; reload_signal without pid_file signals it; more in confera.toml's [exec]
+    #[arg(long, env = "CONFERA_EXEC", value_name = "COMMAND")]
+    pub exec: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -282,6 +282,8 @@ async fn supervise(
     start: Arc<Notify>,
     stop: CancellationToken,
 ) -> Option<ExitStatus> {
+    // Before the child starts too, so that SIGUSR1 never ends confera.
+    let mut forwarded = Forwarded::install();
     tokio::select! {
         () = start.notified() => {}
         () = stop.cancelled() => {
@@ -293,7 +295,6 @@ async fn supervise(
         base: spec.backoff_min,
         cap: spec.backoff_max,
     };
-    let mut forwarded = Forwarded::install();
     let mut attempt = 0;
     loop {
         let mut child = match Running::spawn(&spec) {

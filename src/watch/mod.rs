@@ -890,6 +890,12 @@ impl Daemon<'_> {
         for unit in &self.config.units {
             self.scheduler.at(&unit.name, now);
         }
+        // Exec mode, child not started: the first batch is the new
+        // configuration's, whose units may have other names.
+        if self.exec.is_some() && !self.start_child {
+            self.first_batch = None;
+            self.first_failed.clear();
+        }
         if prefixes_changed {
             self.synced = self.link.is_none();
             self.resync();

@@ -157,6 +157,14 @@ impl ExecBird {
         sum_metric(&text, name, &[])
     }
 
+    /// `confera status` against this confera.
+    fn status(&self) -> crate::support::cmd::Run {
+        let addr = format!("127.0.0.1:{}", self.metrics.ports()[0]);
+        let mut cmd = confera();
+        cmd.args(["status", "--metrics-addr", &addr]);
+        run_cmd(cmd)
+    }
+
     /// Waits for confera to exit on its own; its exit code.
     #[track_caller]
     fn exit_code(&mut self, within: Duration) -> i32 {
@@ -336,6 +344,15 @@ fn bird_killed_from_outside_is_restarted_within_the_backoff_and_gets_the_current
     assert_eq!(exec.metric("confera_child_exits_total"), 1.0);
     assert_eq!(exec.metric("confera_child_running"), 1.0);
     assert_eq!(exec.metric("confera_child_last_exit_code"), 137.0);
+    let status = exec.status();
+    status.assert_success();
+    for fragment in [
+        "exec child: running as pid",
+        "2 start(s)",
+        "exec child last exit: killed by signal 9 (SIGKILL)",
+    ] {
+        status.assert_stdout_contains(fragment);
+    }
 }
 
 #[test]
