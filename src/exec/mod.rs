@@ -164,6 +164,10 @@ fn slot() -> MutexGuard<'static, Slot> {
     CHILD.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// How long a child killed with SIGKILL may take to be reaped (a process
+/// stuck in the kernel may never be).
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
 /// How long a reload signal waits after the child started: a daemon that
 /// has not yet installed its handler would die of SIGHUP's default action.
 pub const SIGNAL_GRACE: Duration = Duration::from_secs(1);
@@ -518,7 +522,17 @@ impl Running {
                     "the exec child did not stop in time; killing its process group"
                 );
                 let _ = killpg(Pid::from_raw(current.pid as i32), Signal::SIGKILL);
-                child.wait().await
+                match tokio::time::timeout(KILL_GRACE, child.wait()).await {
+                    Ok(status) => status,
+                    // Stuck in the kernel: nothing more can be done for it.
+                    Err(_) => {
+                        tracing::error!(
+                            pid = current.pid,
+                            "the exec child did not die of SIGKILL; leaving it"
+                        );
+                        Ok(ExitStatus::from_raw(Signal::SIGKILL as i32))
+                    }
+                }
             }
         };
         self.gone(status)
