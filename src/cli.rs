@@ -258,6 +258,9 @@ pub struct ModeArgs {
     /// Where confera keeps owed reloads and refused configurations [default: $STATE_DIRECTORY or /var/lib/confera]
     #[arg(long, env = "CONFERA_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Run COMMAND (split like a shell would, run without one) as confera's child once every resource rendered, stop it with confera; reload_signal without pid_file signals it; more in confera.toml's [exec]
+    #[arg(long, env = "CONFERA_EXEC", value_name = "COMMAND")]
+    pub exec: Option<String>,
 }
 
 #[derive(Debug, Args)]

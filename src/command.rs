@@ -128,7 +128,8 @@ fn shell_quote(word: &str) -> String {
 ///
 /// A non-zero exit is an error that carries the exit status and the stderr tail.
 pub async fn run(command: &str, timeout: Duration) -> Result<CommandOutput, CommandError> {
-    let mut child = Command::new("sh")
+    let mut command_line = Command::new("sh");
+    command_line
         .arg("-c")
         .arg(command)
         .stdin(Stdio::null())
@@ -139,12 +140,16 @@ pub async fn run(command: &str, timeout: Duration) -> Result<CommandOutput, Comm
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID")
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| CommandError::Spawn {
+        .kill_on_drop(true);
+    // Registered, so that as PID 1 confera's reaper never takes its status;
+    // the registration is declared first so that it ends after the child.
+    let (child, waited) =
+        crate::exec::reaper::spawn(&mut command_line).map_err(|source| CommandError::Spawn {
             command: command.to_owned(),
             source,
         })?;
+    let _waited = waited;
+    let mut child = child;
     // A run cut short (its future dropped at shutdown) kills the whole
     // group, not only the shell that kill_on_drop reaches.
     let mut group = GroupGuard(child.id());

@@ -20,6 +20,7 @@ impl Config {
         let layout = Layout {
             confdir: &settings.confdir,
             prefix: &settings.prefix,
+            exec: settings.exec.is_some(),
         };
         let units = resource::load_all(&layout)?;
         let renderer = std::sync::Arc::new(Renderer::load(&layout.templates_dir(), &units)?);

@@ -99,6 +99,7 @@ pub fn resource(data: &[u8]) {
         return;
     };
     let layout = Layout {
+        exec: false,
         confdir: Path::new("/etc/confera"),
         prefix: "/fuzz",
     };

@@ -9,6 +9,7 @@ pub mod command;
 pub mod config;
 pub mod duration;
 pub mod error;
+pub mod exec;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod logging;
@@ -35,4 +36,7 @@ pub enum RunStatus {
     /// `--onetime --noop --exit-code`: nothing failed, and some file would
     /// change (exit 3).
     WouldChange,
+    /// Exec mode: the child's exit status, as a shell gives it (128 + N
+    /// when signal N ended it); confera exits with it.
+    Child(u8),
 }

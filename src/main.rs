@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         Ok(RunStatus::Success) => ExitCode::SUCCESS,
         Ok(RunStatus::Failed) => ExitCode::from(1),
         Ok(RunStatus::WouldChange) => ExitCode::from(3),
+        Ok(RunStatus::Child(code)) => ExitCode::from(code),
         Err(e) => fatal(format, &e),
     }
 }

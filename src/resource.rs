@@ -181,6 +181,8 @@ impl Unit {
 pub struct Layout<'a> {
     pub confdir: &'a Path,
     pub prefix: &'a str,
+    /// Exec mode: `reload_signal` alone signals confera's child.
+    pub exec: bool,
 }
 
 impl Layout<'_> {
@@ -469,10 +471,16 @@ impl Ctx<'_> {
         let targets_a_process = shared.pid_file.is_some() || shared.process_name.is_some();
         // A pid file or process name without a signal means confd-style SIGHUP.
         let signal = signal.or(targets_a_process.then_some(Signal::SIGHUP));
-        if signal.is_some() && !targets_a_process {
+        if signal.is_some() && !targets_a_process && !self.layout.exec {
             return Err(self.err(
                 "reload_signal",
-                "needs pid_file or process_name to know which process to signal",
+                "needs pid_file or process_name to know which process to signal (or --exec, to signal confera's child)",
+            ));
+        }
+        if bird_check && self.layout.exec {
+            return Err(self.err(
+                "bird_check",
+                "asks the running BIRD, but in exec mode BIRD starts only after the first render: check with check_cmd = \"bird -p -c {{src}}\" instead",
             ));
         }
         let wait = shared
@@ -692,10 +700,34 @@ mod tests {
 
     fn parse_text(text: &str) -> Result<Unit, String> {
         let layout = Layout {
+            exec: false,
             confdir: Path::new("/etc/confera"),
             prefix: "/global",
         };
         parse(&layout, Path::new("/etc/confera/conf.d/bird.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn in_exec_mode_reload_signal_alone_signals_the_child_and_bird_check_is_refused() {
+        let layout = Layout {
+            exec: true,
+            confdir: Path::new("/etc/confera"),
+            prefix: "",
+        };
+        let path = Path::new("/etc/confera/conf.d/bird.toml");
+        let text = "reload_signal = \"HUP\"\n[template]\nsrc = \"a\"\ndest = \"/x\"\n";
+        let unit = parse(&layout, path, text).unwrap();
+        assert_eq!(unit.reload.signal, Some(Signal::SIGHUP));
+        assert_eq!(
+            (unit.reload.pid_file, unit.reload.process_name),
+            (None, None)
+        );
+        let text = "bird_socket = \"/run/bird.ctl\"\nbird_check = true\n[template]\nsrc = \"a\"\ndest = \"/x\"\n";
+        let e = parse(&layout, path, text).unwrap_err().to_string();
+        assert!(
+            e.contains("field `bird_check`") && e.contains("bird -p -c"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -804,6 +836,7 @@ mod tests {
 
     fn parse_as(text: &str, nodename: Option<&str>) -> Result<Unit, String> {
         let layout = Layout {
+            exec: false,
             confdir: Path::new("/etc/confera"),
             prefix: "",
         };

@@ -8,6 +8,7 @@ use crate::audit;
 use crate::cli::{Cli, Command};
 use crate::config::Config;
 use crate::error::ConfigError;
+use crate::exec;
 use crate::pipeline::rejected::Rejections;
 use crate::pipeline::{BatchReport, Pipeline, RenderLimits};
 use crate::resource::Unit;
@@ -39,16 +40,53 @@ pub async fn run(
     raise_descriptor_limit();
     // Completions and the man page are printed by the binary before settings load.
     if settings.mode == Mode::Onetime {
-        return onetime(&settings, &config, &Metrics::new()).await;
+        let metrics = Metrics::new();
+        exec::reaper::start(&metrics);
+        return onetime(&settings, &config, &metrics).await;
+    }
+    if let Some(spec) = &settings.exec {
+        spec.check_program().map_err(ConfigError::Settings)?;
     }
     let telemetry = Telemetry::start(&settings).await?;
     telemetry.declare(settings.backend.label(), &config.units);
+    exec::reaper::start(&telemetry.metrics);
+    // One stop for the loop and the exec child: a signal, or the child
+    // exiting under `on_exit = "exit"`.
+    let stop = watch::cancelled_by(shutdown);
+    let supervisor = settings
+        .exec
+        .clone()
+        .map(|spec| exec::Supervisor::spawn(spec, &telemetry, stop.clone()));
+    let starter = supervisor.as_ref().map(exec::Supervisor::starter);
+    let loop_stop = {
+        let stop = stop.clone();
+        async move { stop.cancelled().await }
+    };
     let status = match settings.mode {
-        Mode::Poll { interval } => poll(&settings, &config, interval, &telemetry, shutdown).await,
-        _ => watch::run(cli, settings, config, &telemetry, shutdown).await,
+        Mode::Poll { interval } => {
+            poll(&settings, &config, interval, &telemetry, loop_stop, starter).await
+        }
+        _ => watch::run(cli, settings, config, &telemetry, loop_stop, starter).await,
+    };
+    // confera returns only once its child is gone.
+    let status = match supervisor {
+        Some(supervisor) => with_child_status(status, supervisor.finish().await),
+        None => status,
     };
     telemetry.stop().await;
     status
+}
+
+/// Exec mode: confera exits with its child's status once a child ran.
+fn with_child_status(
+    status: Result<RunStatus, ConfigError>,
+    child: Option<std::process::ExitStatus>,
+) -> Result<RunStatus, ConfigError> {
+    match (status, child) {
+        (Err(e), _) => Err(e),
+        (Ok(_), Some(child)) => Ok(RunStatus::Child(exec::shell_code(child))),
+        (Ok(status), None) => Ok(status),
+    }
 }
 
 /// Raises the soft limit on open files to the hard one: systemd's default
@@ -174,13 +212,15 @@ async fn pay_owed(
 
 /// confd's default mode: a full snapshot and render every `interval`. A
 /// reload that failed is owed, and retried at every poll until it works,
-/// even when the files no longer change.
+/// even when the files no longer change. In exec mode the child starts
+/// after the first batch, which must succeed for every resource.
 async fn poll(
     settings: &Settings,
     config: &Config,
     interval: std::time::Duration,
     telemetry: &Telemetry,
     shutdown: impl Future<Output = ()>,
+    mut exec: Option<exec::Starter>,
 ) -> Result<RunStatus, ConfigError> {
     let mut source = Source::connect(settings).await?;
     config.remove_stale_stages();
@@ -210,6 +250,19 @@ async fn poll(
                 }
                 // Ready once the first batch was attempted; failures show per resource.
                 telemetry.ready();
+                if let Some(starter) = exec.take() {
+                    let failed: Vec<&str> = report
+                        .units
+                        .iter()
+                        .filter(|(_, r)| r.is_err())
+                        .map(|(name, _)| name.as_str())
+                        .collect();
+                    if !failed.is_empty() {
+                        tracing::error!(resources = %failed.join(","), "the first render failed; the exec child is not started");
+                        return Ok(RunStatus::Failed);
+                    }
+                    starter.start();
+                }
             }
             Err(e) => {
                 telemetry.status.link_down(e.to_string());

@@ -54,6 +54,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Where the owed-reload record lives.
     pub state_dir: PathBuf,
+    /// Exec mode: the daemon confera runs as its child.
+    pub exec: Option<crate::exec::Spec>,
 }
 
 /// What one resource's work may take in watch mode (a resource may set
@@ -113,6 +115,7 @@ impl std::fmt::Debug for Settings {
             .field("metrics_addr", &self.metrics_addr)
             .field("limits", &self.limits)
             .field("state_dir", &self.state_dir)
+            .field("exec", &self.exec)
             .finish_non_exhaustive()
     }
 }
@@ -162,12 +165,113 @@ pub struct FileSettings {
     pub max_output: Option<u64>,
     pub stuck_after: Option<String>,
     pub state_dir: Option<PathBuf>,
+    /// Exec mode: a command line, or an `[exec]` table ([`ExecTable`]).
+    pub exec: Option<toml::Value>,
     /// The file this came from (none for defaults).
     #[serde(skip)]
     pub path: Option<PathBuf>,
     /// The top-level keys as the file spells them, to name them in errors.
     #[serde(skip)]
     pub keys: Vec<String>,
+}
+
+/// The `[exec]` table of confera.toml.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecTable {
+    /// A command line (split like a shell would) or the argument list.
+    pub command: Option<toml::Value>,
+    pub kill_signal: Option<String>,
+    pub kill_timeout: Option<String>,
+    pub on_exit: Option<crate::exec::OnExit>,
+    /// `MIN[:MAX]`: the first restart delay, doubling up to MAX.
+    pub restart_backoff: Option<String>,
+    pub prefix: Option<String>,
+}
+
+/// The exec spec from `--exec` (a command line) and the file's `exec`
+/// (a command line or an `[exec]` table): the flag's command wins, the
+/// table's other settings apply to it.
+fn resolve_exec(
+    flag: Option<&str>,
+    file: &FileSettings,
+) -> Result<Option<crate::exec::Spec>, ConfigError> {
+    use crate::exec::Spec;
+    let split = |origin: String, line: &str| -> Result<Vec<String>, ConfigError> {
+        match shlex::split(line) {
+            Some(argv) if !argv.is_empty() => Ok(argv),
+            Some(_) => Err(ConfigError::Settings(format!(
+                "{origin}: the command is empty"
+            ))),
+            None => Err(ConfigError::Settings(format!(
+                "{origin}: cannot split `{line}` into words: a quote is not closed"
+            ))),
+        }
+    };
+    let table = match &file.exec {
+        None => None,
+        Some(toml::Value::String(line)) => Some(ExecTable {
+            command: Some(toml::Value::String(line.clone())),
+            ..ExecTable::default()
+        }),
+        Some(value @ toml::Value::Table(_)) => Some(
+            ExecTable::deserialize(value.clone()).map_err(|e| file.error("exec", e.message()))?,
+        ),
+        Some(_) => return Err(file.error("exec", "must be a command line or an [exec] table")),
+    };
+    let argv = match (flag, table.as_ref().and_then(|t| t.command.as_ref())) {
+        (Some(line), _) => split("--exec".to_owned(), line)?,
+        (None, Some(toml::Value::String(line))) => split(file.origin("exec").to_string(), line)?,
+        (None, Some(toml::Value::Array(words))) => {
+            let argv: Option<Vec<String>> = words
+                .iter()
+                .map(|w| w.as_str().map(str::to_owned))
+                .collect();
+            match argv {
+                Some(argv) if !argv.is_empty() => argv,
+                _ => {
+                    return Err(file.error("exec", "`command` must be a non-empty list of strings"))
+                }
+            }
+        }
+        (None, Some(_)) => {
+            return Err(file.error(
+                "exec",
+                "`command` must be a command line or a list of strings",
+            ))
+        }
+        (None, None) if table.is_some() => {
+            return Err(file.error("exec", "the [exec] table needs `command` (or give --exec)"))
+        }
+        (None, None) => return Ok(None),
+    };
+    let mut spec = Spec::new(argv);
+    let Some(table) = table else {
+        return Ok(Some(spec));
+    };
+    if let Some(name) = &table.kill_signal {
+        spec.kill_signal = crate::reload::process::parse_signal(name)
+            .map_err(|e| file.error("exec", format!("kill_signal: {e}")))?;
+    }
+    if let Some(text) = &table.kill_timeout {
+        spec.kill_timeout = crate::duration::parse_duration(text)
+            .map_err(|e| file.error("exec", format!("kill_timeout: {e}")))?;
+    }
+    spec.on_exit = table.on_exit.unwrap_or_default();
+    if let Some(text) = &table.restart_backoff {
+        let wait: Wait = text
+            .parse()
+            .map_err(|e| file.error("exec", format!("restart_backoff: {e}")))?;
+        if wait.min.is_zero() {
+            return Err(file.error(
+                "exec",
+                "restart_backoff: the first delay must be above zero, or a child that fails at once restarts in a busy loop",
+            ));
+        }
+        (spec.backoff_min, spec.backoff_max) = (wait.min, wait.max);
+    }
+    spec.prefix = table.prefix.filter(|p| !p.is_empty());
+    Ok(Some(spec))
 }
 
 /// confd's `scheme`.
@@ -480,6 +584,7 @@ impl Settings {
         let m = &cli.mode;
         let o = &cli.output;
         let backend = select_backend(cli, &file)?;
+        let exec = resolve_exec(m.exec.as_deref(), &file)?;
         let wait = match (&m.wait, &file.wait) {
             (Some(w), _) => *w,
             (None, Some(text)) => text.parse().map_err(|e| file.error("wait", e))?,
@@ -616,7 +721,22 @@ impl Settings {
                 .or(file_duration("stuck_after", file.stuck_after)?)
                 .unwrap_or(defaults.stuck_after),
         };
+        if exec.is_some() {
+            if mode == Mode::Onetime {
+                return Err(ConfigError::Settings(
+                    "--exec runs a daemon beside watch or polling mode; it cannot go with --onetime"
+                        .into(),
+                ));
+            }
+            if options.noop {
+                return Err(ConfigError::Settings(
+                    "--exec cannot go with --noop: the child would start on files confera never wrote"
+                        .into(),
+                ));
+            }
+        }
         Ok(Settings {
+            exec,
             limits,
             state_dir: m
                 .state_dir
@@ -1050,6 +1170,107 @@ client_insecure = false
         assert!(e.starts_with("--file (command line) is a setting of the file backend, but --backend (command line) selects the etcd backend"), "{e}");
         let e = error(&["--node", "http://x:1", "--file", "/d.yaml"], &[], "");
         assert!(e.contains("choose the backend with --backend"), "{e}");
+    }
+
+    // --- exec mode ----------------------------------------------------------
+
+    #[test]
+    fn exec_takes_a_command_line_from_the_flag_or_the_file_and_options_from_the_table() {
+        use crate::exec::{OnExit, Spec};
+        let s = resolve(&["--watch", "--exec", "bird -f -c '/etc/my bird.conf'"], "").unwrap();
+        assert_eq!(
+            s.exec,
+            Some(Spec::new(vec![
+                "bird".into(),
+                "-f".into(),
+                "-c".into(),
+                "/etc/my bird.conf".into()
+            ]))
+        );
+        let s = resolve(&["--watch"], "exec = \"bird -f\"").unwrap();
+        assert_eq!(s.exec.unwrap().argv, ["bird", "-f"]);
+        let table = "[exec]\ncommand = [\"bird\", \"-f\"]\nkill_signal = \"INT\"\n\
+                     kill_timeout = \"2s\"\non_exit = \"exit\"\nrestart_backoff = \"200ms:5s\"\n\
+                     prefix = \"[bird] \"\n";
+        let spec = resolve(&["--watch"], table).unwrap().exec.unwrap();
+        assert_eq!(spec.argv, ["bird", "-f"]);
+        assert_eq!(spec.kill_signal, nix::sys::signal::Signal::SIGINT);
+        assert_eq!(spec.kill_timeout, Duration::from_secs(2));
+        assert_eq!(spec.on_exit, OnExit::Exit);
+        assert_eq!(
+            (spec.backoff_min, spec.backoff_max),
+            (Duration::from_millis(200), Duration::from_secs(5))
+        );
+        assert_eq!(spec.prefix.as_deref(), Some("[bird] "));
+        // The flag's command, the table's options.
+        let spec = resolve(&["--watch", "--exec", "sleep 1"], table)
+            .unwrap()
+            .exec
+            .unwrap();
+        assert_eq!(
+            (spec.argv[0].as_str(), spec.on_exit),
+            ("sleep", OnExit::Exit)
+        );
+        assert_eq!(resolve(&["--watch"], "").unwrap().exec, None);
+    }
+
+    #[test]
+    fn bad_exec_settings_are_refused_naming_the_setting() {
+        for (args, text, expected) in [
+            (
+                &["--onetime", "--exec", "bird"][..],
+                "",
+                "cannot go with --onetime",
+            ),
+            (
+                &["--watch", "--noop", "--exec", "bird"][..],
+                "",
+                "cannot go with --noop",
+            ),
+            (
+                &["--watch", "--exec", "bird -c 'x"][..],
+                "",
+                "--exec: cannot split",
+            ),
+            (
+                &["--watch", "--exec", "  "][..],
+                "",
+                "--exec: the command is empty",
+            ),
+            (
+                &["--watch"][..],
+                "[exec]\nprefix = \"x\"\n",
+                "needs `command`",
+            ),
+            (
+                &["--watch"][..],
+                "[exec]\ncommand = \"b\"\nkill_signal = \"SIGNOPE\"\n",
+                "kill_signal: unknown signal",
+            ),
+            (
+                &["--watch"][..],
+                "[exec]\ncommand = \"b\"\non_exit = \"retry\"\n",
+                "`exec` in",
+            ),
+            (
+                &["--watch"][..],
+                "[exec]\ncommand = \"b\"\nrestart_backoff = \"0s\"\n",
+                "above zero",
+            ),
+            (
+                &["--watch"][..],
+                "[exec]\ncommand = \"b\"\nkill = 1\n",
+                "unknown field `kill`",
+            ),
+            (
+                &["--watch"][..],
+                "exec = 3\n",
+                "a command line or an [exec] table",
+            ),
+        ] {
+            let e = error(args, &[], text);
+            assert!(e.contains(expected), "{args:?} {text:?}: {e}");
+        }
     }
 
     #[test]

@@ -38,12 +38,22 @@ pub async fn reload(
             BirdConfigure::File => Configure::File(dest.to_path_buf()),
         };
         // 0003, 0004 and 0005 all mean BIRD took the configuration.
-        let outcome = bird::configure(socket, &what, action.timeout).await?;
-        each(
-            &|name| tracing::info!(resource = %name, resources = %all, dest = dest_field, socket = %socket.display(), outcome = ?outcome, "bird reconfigured"),
-        );
+        match bird::configure(socket, &what, action.timeout).await {
+            Ok(outcome) => each(
+                &|name| tracing::info!(resource = %name, resources = %all, dest = dest_field, socket = %socket.display(), outcome = ?outcome, "bird reconfigured"),
+            ),
+            // Exec mode, no child running: the BIRD behind a dead socket is
+            // the child, and it reads these files when it starts.
+            Err(bird::BirdError::Connect { .. }) if crate::exec::child_is_down() => each(
+                &|name| tracing::info!(resource = %name, resources = %all, dest = dest_field, socket = %socket.display(), "the exec child is not running; it reads the current files when it starts"),
+            ),
+            Err(e) => return Err(e.into()),
+        }
     }
-    if let Some(signal) = action.signal {
+    if let (Some(signal), None, None) = (action.signal, &action.pid_file, &action.process_name) {
+        // Exec mode: the signal is for confera's child.
+        crate::exec::signal_child(signal).await?;
+    } else if let Some(signal) = action.signal {
         // A process found by name may run as the owner of the daemon's file.
         let daemon_user = std::fs::metadata(dest).ok().map(|m| m.uid());
         let pids = process::signal_daemon(

@@ -131,6 +131,12 @@ struct Inner {
     history_changes: Family<BackendLabels, Counter>,
     history_repairing: Gauge,
     http_rejected: Counter,
+    child_running: Gauge,
+    child_starts: Counter,
+    child_exits: Counter,
+    child_restarts: Counter,
+    child_last_exit_code: Gauge,
+    orphans_reaped: Counter,
 }
 
 /// All confera metrics, prefixed `confera_`. Cheap to clone (Arc inside).
@@ -298,6 +304,42 @@ impl Metrics {
             "Keys or values from the backend that are not UTF-8, left out of the store, by part",
             undecodable().clone(),
         );
+        let child_running = Gauge::default();
+        registry.register(
+            "child_running",
+            "Exec mode: whether the child runs (1) or not (0)",
+            child_running.clone(),
+        );
+        let child_starts = Counter::default();
+        registry.register(
+            "child_starts",
+            "Exec mode: child starts, the first one included",
+            child_starts.clone(),
+        );
+        let child_exits = Counter::default();
+        registry.register(
+            "child_exits",
+            "Exec mode: child exits, on its own or stopped",
+            child_exits.clone(),
+        );
+        let child_restarts = Counter::default();
+        registry.register(
+            "child_restarts",
+            "Exec mode: child restarts after it exited on its own",
+            child_restarts.clone(),
+        );
+        let child_last_exit_code = Gauge::default();
+        registry.register(
+            "child_last_exit_code",
+            "Exec mode: the child's last exit status as a shell gives it (128+N for signal N)",
+            child_last_exit_code.clone(),
+        );
+        let orphans_reaped = Counter::default();
+        registry.register(
+            "orphans_reaped",
+            "Orphaned processes reaped while confera runs as PID 1",
+            orphans_reaped.clone(),
+        );
 
         Metrics {
             inner: Arc::new(Inner {
@@ -325,6 +367,12 @@ impl Metrics {
                 history_changes,
                 history_repairing,
                 http_rejected,
+                child_running,
+                child_starts,
+                child_exits,
+                child_restarts,
+                child_last_exit_code,
+                orphans_reaped,
             }),
         }
     }
@@ -515,6 +563,29 @@ impl Metrics {
     /// `confera_http_connections_rejected_total`: an accept failed.
     pub fn http_rejected(&self) {
         self.inner.http_rejected.inc();
+    }
+
+    /// Exec mode: the child was started.
+    pub fn child_started(&self) {
+        self.inner.child_starts.inc();
+        self.inner.child_running.set(1);
+    }
+
+    /// Exec mode: the child exited with this shell-style status.
+    pub fn child_exited(&self, code: u8) {
+        self.inner.child_exits.inc();
+        self.inner.child_running.set(0);
+        self.inner.child_last_exit_code.set(i64::from(code));
+    }
+
+    /// Exec mode: the child is started again after exiting on its own.
+    pub fn child_restarted(&self) {
+        self.inner.child_restarts.inc();
+    }
+
+    /// `confera_orphans_reaped_total` increased by `n`.
+    pub fn orphans_reaped(&self, n: u64) {
+        self.inner.orphans_reaped.inc_by(n);
     }
 
     /// Creates the series of `backend` and of each resource (with its

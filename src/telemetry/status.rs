@@ -29,6 +29,22 @@ struct State {
     ready: bool,
     stuck_after: Duration,
     resources: BTreeMap<String, Resource>,
+    /// Exec mode: the child.
+    child: Option<Child>,
+}
+
+/// The exec child as status shows it.
+#[derive(Debug, Clone, Default)]
+struct Child {
+    command: String,
+    /// Its pid while it runs.
+    pid: Option<u32>,
+    started_at: Option<SystemTime>,
+    starts: u64,
+    last_exit: Option<String>,
+    last_exit_at: Option<SystemTime>,
+    /// When it is started again, after exiting on its own.
+    restart_at: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -65,6 +81,25 @@ pub struct Report {
     pub ready: bool,
     pub backend: BackendReport,
     pub resources: BTreeMap<String, ResourceReport>,
+    /// Exec mode: the child confera runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child: Option<ChildReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChildReport {
+    pub command: String,
+    pub running: bool,
+    pub pid: Option<u32>,
+    /// Unix seconds of the last start.
+    pub started_at: Option<f64>,
+    /// Starts, the first one included.
+    pub starts: u64,
+    /// How the last child ended: "exit status 1", "killed by signal 9 (SIGKILL)".
+    pub last_exit: Option<String>,
+    pub last_exit_at: Option<f64>,
+    /// Seconds until it is started again, while it waits to be.
+    pub restart_in: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -109,6 +144,7 @@ impl Status {
                 ready: false,
                 stuck_after,
                 resources: BTreeMap::new(),
+                child: None,
             })),
             metrics,
         }
@@ -230,6 +266,34 @@ impl Status {
         self.metrics.reload_pending(name, pending);
     }
 
+    /// Exec mode is on, running `command` once the first render succeeded.
+    pub fn child_declared(&self, command: &str) {
+        self.lock().child = Some(Child {
+            command: command.to_owned(),
+            ..Child::default()
+        });
+    }
+
+    /// The exec child started as `pid`.
+    pub fn child_started(&self, pid: u32) {
+        let mut state = self.lock();
+        let child = state.child.get_or_insert_with(Child::default);
+        child.pid = Some(pid);
+        child.started_at = Some(SystemTime::now());
+        child.starts += 1;
+        child.restart_at = None;
+    }
+
+    /// The exec child ended as `how`; it is started again after `restart_in`.
+    pub fn child_exited(&self, how: &str, restart_in: Option<Duration>) {
+        let mut state = self.lock();
+        let child = state.child.get_or_insert_with(Child::default);
+        child.pid = None;
+        child.last_exit = Some(how.to_owned());
+        child.last_exit_at = Some(SystemTime::now());
+        child.restart_at = restart_in.map(|d| Instant::now() + d);
+    }
+
     /// The document `/status` serves; also refreshes the time-based gauges.
     pub fn report(&self, healthy_link: Result<(), String>) -> Report {
         let state = self.lock();
@@ -243,6 +307,30 @@ impl Status {
         if let Some(repair) = &state.repair {
             problems.push(format!("repairing a rewritten etcd history: {repair}"));
         }
+        // Not started yet is not a problem: readiness covers the first render.
+        let child = state.child.as_ref().map(|c| {
+            let restart_in = c.restart_at.map(|at| at.saturating_duration_since(now));
+            if c.pid.is_none() && c.starts > 0 {
+                let mut problem = format!(
+                    "exec child not running: {}",
+                    c.last_exit.as_deref().unwrap_or("exited")
+                );
+                if let Some(d) = restart_in {
+                    problem.push_str(&format!("; restarting in {:.1}s", d.as_secs_f64()));
+                }
+                problems.push(problem);
+            }
+            ChildReport {
+                command: c.command.clone(),
+                running: c.pid.is_some(),
+                pid: c.pid,
+                started_at: c.started_at.map(unix),
+                starts: c.starts,
+                last_exit: c.last_exit.clone(),
+                last_exit_at: c.last_exit_at.map(unix),
+                restart_in: restart_in.map(|d| d.as_secs_f64()),
+            }
+        });
         let mut resources = BTreeMap::new();
         for (name, r) in &state.resources {
             let running_for = r.running_since.map(|s| now.duration_since(s));
@@ -292,6 +380,7 @@ impl Status {
                 last_history_change: state.last_history_change.clone(),
             },
             resources,
+            child,
         }
     }
 
@@ -391,6 +480,9 @@ fn table(addr: std::net::SocketAddr, report: &Report) -> String {
     if let Some(change) = &report.backend.last_history_change {
         out.push_str(&format!("  last history change: {}\n", change.reason));
     }
+    if let Some(child) = &report.child {
+        out.push_str(&child_line(child, ago));
+    }
     out.push_str(&format!(
         "{:<24} {:<9} {:>12} {:>12} {:>9}  {}\n",
         "RESOURCE", "STATE", "ATTEMPT", "SUCCESS", "REVISION", "LAST ERROR"
@@ -420,6 +512,27 @@ fn table(addr: std::net::SocketAddr, report: &Report) -> String {
         ));
     }
     out
+}
+
+/// The exec child's line of `confera status`.
+fn child_line(child: &ChildReport, ago: impl Fn(Option<f64>) -> String) -> String {
+    let state = match (child.pid, child.restart_in) {
+        (Some(pid), _) => format!("running as pid {pid}, started {}", ago(child.started_at)),
+        (None, Some(d)) => format!("not running, restarting in {d:.1}s"),
+        (None, None) if child.starts == 0 => "not started yet".to_owned(),
+        (None, None) => "not running".to_owned(),
+    };
+    let mut line = format!(
+        "  exec child: {state}; {} start(s); `{}`\n",
+        child.starts, child.command
+    );
+    if let Some(exit) = &child.last_exit {
+        line.push_str(&format!(
+            "  exec child last exit: {exit}, {}\n",
+            ago(child.last_exit_at)
+        ));
+    }
+    line
 }
 
 #[cfg(test)]
@@ -459,6 +572,27 @@ mod tests {
         assert!(status.readiness());
         assert!(status.health().is_ok());
         assert!(status.report(Ok(())).backend.last_history_change.is_some());
+    }
+
+    #[test]
+    fn an_exec_child_that_exited_is_a_problem_until_it_runs_again() {
+        let status = Status::new(Metrics::new(), Duration::from_secs(60));
+        status.link_up();
+        status.child_declared("bird -f");
+        assert!(status.health().is_ok(), "not started yet is no problem");
+        status.child_started(42);
+        assert_eq!(status.report(Ok(())).child.unwrap().pid, Some(42));
+        status.child_exited("killed by signal 9 (SIGKILL)", Some(Duration::from_secs(2)));
+        let problem = status.health().unwrap_err();
+        assert!(
+            problem.contains("exec child not running: killed by signal 9 (SIGKILL); restarting in"),
+            "{problem}"
+        );
+        let child = status.report(Ok(())).child.unwrap();
+        assert!(!child.running && child.restart_in.is_some());
+        status.child_started(43);
+        assert!(status.health().is_ok());
+        assert_eq!(status.report(Ok(())).child.unwrap().starts, 2);
     }
 
     #[test]

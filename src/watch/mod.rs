@@ -102,6 +102,16 @@ struct Daemon<'t> {
     /// Units of the first batch not yet done; ready once it is empty.
     first_batch: Option<HashSet<String>>,
     link: Option<Link>,
+    /// Exec mode: starts the child once the first batch succeeded.
+    exec: Option<crate::exec::Starter>,
+    /// Units of the first batch that failed.
+    first_failed: Vec<String>,
+    /// The first batch succeeded: start the child once its reloads are done
+    /// (they find no child and so have nothing to tell it).
+    start_child: bool,
+    /// Exec mode: the first batch failed, so the child never starts and the
+    /// run ends with exit 1.
+    fatal: bool,
     drift: Drift,
     owed: Owed,
     inbox: Arc<Inbox>,
@@ -120,15 +130,9 @@ pub async fn run(
     config: Config,
     telemetry: &Telemetry,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    exec: Option<crate::exec::Starter>,
 ) -> Result<RunStatus, ConfigError> {
-    let stop = CancellationToken::new();
-    tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            shutdown.await;
-            stop.cancel();
-        }
-    });
+    let stop = cancelled_by(shutdown);
     let inbox = Arc::new(Inbox::default());
     let file_watchers = reconfigure::watch_files(&settings, &inbox)?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -163,6 +167,10 @@ pub async fn run(
         abandoned: Default::default(),
         first_batch: None,
         link,
+        exec,
+        first_failed: Vec::new(),
+        start_child: false,
+        fatal: false,
         drift: Drift::default(),
         owed,
         inbox,
@@ -213,10 +221,30 @@ pub async fn run(
             }
             Event::Shutdown => break,
         }
+        daemon.start_child_when_idle();
     }
     daemon.shutdown().await;
     tracing::info!("stopped");
-    Ok(RunStatus::Success)
+    Ok(if daemon.fatal {
+        RunStatus::Failed
+    } else {
+        RunStatus::Success
+    })
+}
+
+/// A token cancelled once `shutdown` completes.
+pub fn cancelled_by(
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> CancellationToken {
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
+        }
+    });
+    stop
 }
 
 async fn recv(
@@ -602,6 +630,7 @@ impl Daemon<'_> {
         revision: i64,
         result: Result<crate::pipeline::Outcome, UnitError>,
     ) {
+        let failed = result.is_err();
         let status = &self.telemetry.status;
         let unit = self.config.units.iter().find(|u| u.name == name);
         let needs_reload = result.as_ref().is_ok_and(|o| o.needs_reload())
@@ -649,9 +678,42 @@ impl Daemon<'_> {
         }
         self.recheck_deferred_drift(std::slice::from_ref(&name));
         if let Some(first) = &mut self.first_batch {
-            first.remove(&name);
-            if first.is_empty() {
+            let was_in_it = first.remove(&name);
+            let complete = first.is_empty();
+            if complete {
                 self.telemetry.ready();
+            }
+            if was_in_it {
+                if failed {
+                    self.first_failed.push(name);
+                }
+                if complete {
+                    self.first_batch_done();
+                }
+            }
+        }
+    }
+
+    /// Exec mode: the child starts only on a complete first render.
+    fn first_batch_done(&mut self) {
+        if self.exec.is_none() {
+            return;
+        }
+        if self.first_failed.is_empty() {
+            self.start_child = true;
+            return;
+        }
+        tracing::error!(resources = %self.first_failed.join(","), "the first render failed; the exec child is not started");
+        self.exec = None;
+        self.fatal = true;
+        self.stop.cancel();
+    }
+
+    fn start_child_when_idle(&mut self) {
+        if self.start_child && self.workers.reloads_idle() {
+            self.start_child = false;
+            if let Some(starter) = self.exec.take() {
+                starter.start();
             }
         }
     }
@@ -903,6 +965,12 @@ impl Daemon<'_> {
         let now = Instant::now();
         for unit in &self.config.units {
             self.scheduler.at(&unit.name, now);
+        }
+        // Exec mode, child not started: the first batch is the new
+        // configuration's, whose units may have other names.
+        if self.exec.is_some() && !self.start_child {
+            self.first_batch = None;
+            self.first_failed.clear();
         }
         if prefixes_changed {
             self.synced = self.link.is_none();

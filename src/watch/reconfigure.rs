@@ -50,6 +50,7 @@ pub fn compare(running: &Settings, new: &mut Settings) -> SettingsChange {
         log_level => "log-level",
         log_format => "log-format",
         state_dir => "state-dir",
+        exec => "exec",
     }
     // Watch mode with or without --interval is still watch mode; a switch
     // to polling or one-shot is not.

@@ -168,6 +168,11 @@ impl Workers {
         self.ids.insert(handle.id(), Task::Reload(job));
     }
 
+    /// No reload runs or waits behind another.
+    pub fn reloads_idle(&self) -> bool {
+        self.reloading.is_empty() && self.queued.is_empty()
+    }
+
     /// Records that a reload ended; returns one that waited behind it.
     pub fn reload_done(&mut self, key: &ReloadKey) -> Option<ReloadJob> {
         self.reloading.remove(key);

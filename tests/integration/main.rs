@@ -15,6 +15,7 @@ mod drift;
 mod dry_run;
 mod etcd_keys;
 mod example;
+mod exec;
 mod fabric_lab;
 mod faults;
 mod fixtures_selftest;

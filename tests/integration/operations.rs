@@ -619,6 +619,7 @@ const HELP_SECTIONS: [(&str, &[&str]); 4] = [
             "max-output",
             "stuck-after",
             "state-dir",
+            "exec",
         ],
     ),
     (

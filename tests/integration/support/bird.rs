@@ -136,14 +136,7 @@ impl Bird {
 
     /// `birdc -s SOCK <cmd>`; its stdout.
     pub fn birdc(&self, cmd: &str) -> String {
-        let output = Command::new("birdc")
-            .arg("-s")
-            .arg(&self.socket)
-            .arg(cmd)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("run birdc: {e}"));
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        birdc(&self.socket, cmd)
     }
 
     /// `show protocols`, as birdc prints it.
@@ -191,6 +184,18 @@ impl Drop for Bird {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `birdc -s SOCKET <cmd>` against any BIRD (one confera runs, say); its stdout.
+pub fn birdc(socket: &Path, cmd: &str) -> String {
+    let output = Command::new("birdc")
+        .arg("-s")
+        .arg(socket)
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run birdc: {e}"));
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 fn log_line(dir: &Path) -> String {
