@@ -243,9 +243,12 @@ pub struct ModeArgs {
         value_parser = clap::value_parser!(u64).range(1..=crate::duration::MAX_SECS)
     )]
     pub interval: Option<u64>,
-    /// Debounce in watch mode: render after MIN of quiet, at most MAX after the first change [default: 50ms:1s]
+    /// Coalescing in watch mode: a resource renders at most about once per MIN; a change waits at most MAX [default: 50ms:1s]
     #[arg(long, env = "CONFERA_WAIT", value_name = "MIN[:MAX]")]
     pub wait: Option<Wait>,
+    /// How a change waits: leading renders an isolated change at once and coalesces what follows within MIN; trailing waits for MIN of quiet first, as consul-template [default: leading]
+    #[arg(long, env = "CONFERA_WAIT_MODE", value_name = "MODE", value_enum)]
+    pub wait_mode: Option<crate::watch::debounce::WaitMode>,
     /// A render running longer is abandoned and its resource marked failed until its inputs change [default: 10s]
     #[arg(long, env = "CONFERA_RENDER_TIMEOUT", value_name = "DURATION", value_parser = crate::duration::parse_duration)]
     pub render_timeout: Option<std::time::Duration>,

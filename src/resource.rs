@@ -32,6 +32,8 @@ pub struct Unit {
     pub check_timeout: Duration,
     pub reload: Reload,
     pub wait: Option<Wait>,
+    /// How a change waits (else `--wait-mode`).
+    pub wait_mode: Option<crate::watch::debounce::WaitMode>,
     pub drift: Drift,
     /// Also check with BIRD's own parser: `configure check "<staged>"` over
     /// `bird_socket`.
@@ -515,6 +517,7 @@ impl Ctx<'_> {
                 )?,
             },
             wait,
+            wait_mode: shared.wait_mode,
             drift: shared.drift.unwrap_or_default(),
             bird_check,
             render_timeout: shared
@@ -669,6 +672,7 @@ raw_structs! {
         check_timeout: String,
         reload_timeout: String,
         wait: String,
+        wait_mode: crate::watch::debounce::WaitMode,
         drift: Drift,
         bird_check: bool,
         render_timeout: String,
@@ -768,6 +772,7 @@ mod tests {
             check_cmd = "bird -p -c {{src}}"
             pid_file = "/run/bird.pid"
             wait = "100ms:2s"
+            wait_mode = "trailing"
             [[template]]
             src = "bird.conf.tera"
             dest = "/etc/bird/bird.conf"
@@ -789,6 +794,10 @@ mod tests {
             Some(Path::new("/run/bird.pid"))
         );
         assert_eq!(unit.wait.unwrap().max, Duration::from_secs(2));
+        assert_eq!(
+            unit.wait_mode,
+            Some(crate::watch::debounce::WaitMode::Trailing)
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::cli::{Backend, Cli, Given, LogFormat};
 use crate::duration::{Wait, MAX_SECS};
 use crate::error::ConfigError;
 use crate::pipeline::Options;
+use crate::watch::debounce::WaitMode;
 
 pub const DEFAULT_CONFDIR: &str = "/etc/confera";
 pub const DEFAULT_NODE: &str = "http://127.0.0.1:2379";
@@ -44,6 +45,8 @@ pub struct Settings {
     pub prefix: String,
     pub mode: Mode,
     pub wait: Wait,
+    /// How a change waits for its render (watch mode).
+    pub wait_mode: WaitMode,
     pub options: Options,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -108,6 +111,7 @@ impl std::fmt::Debug for Settings {
             .field("prefix", &self.prefix)
             .field("mode", &self.mode)
             .field("wait", &self.wait)
+            .field("wait_mode", &self.wait_mode)
             .field("options", &self.options)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
@@ -140,6 +144,7 @@ pub struct FileSettings {
     pub watch: Option<bool>,
     pub interval: Option<u64>,
     pub wait: Option<String>,
+    pub wait_mode: Option<WaitMode>,
     pub noop: Option<bool>,
     #[serde(alias = "sync-only")]
     pub sync_only: Option<bool>,
@@ -752,6 +757,7 @@ impl Settings {
             prefix: s.prefix.clone().or(file.prefix).unwrap_or_default(),
             mode,
             wait,
+            wait_mode: m.wait_mode.or(file.wait_mode).unwrap_or_default(),
             options,
             log_level,
             log_format: cli
@@ -1068,6 +1074,27 @@ client_insecure = false
             e.contains("confera.toml") && e.contains("confd.toml") && e.contains("--config-file"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_wait_mode_is_leading_unless_a_flag_the_environment_or_the_file_says_trailing() {
+        let mode = |args: &[&str], env: &[(&str, &str)], text: &str| {
+            resolve_env(args, env, text).unwrap().wait_mode
+        };
+        assert_eq!(mode(&[], &[], ""), WaitMode::Leading);
+        assert_eq!(
+            mode(&[], &[], "wait_mode = \"trailing\""),
+            WaitMode::Trailing
+        );
+        let env = [("CONFERA_WAIT_MODE", "trailing")];
+        assert_eq!(mode(&[], &env, ""), WaitMode::Trailing);
+        let flag = ["--wait-mode", "leading"];
+        assert_eq!(
+            mode(&flag, &env, "wait_mode = \"trailing\""),
+            WaitMode::Leading
+        );
+        let e = FileSettings::parse("wait_mode = \"quiet\"", Path::new(FILE)).unwrap_err();
+        assert!(e.to_string().contains("wait_mode"), "{e}");
     }
 
     // --- bad values ----------------------------------------------------------

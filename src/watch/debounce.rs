@@ -8,11 +8,38 @@ use std::time::{Duration, Instant};
 
 use crate::duration::Wait;
 
-/// Pending changes per key (a unit): due after `min` of quiet, and at the
-/// latest `max` after the first change of the burst.
+/// How a change waits before its render (`--wait-mode`, `wait_mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum WaitMode {
+    /// An isolated change (nothing run for its resource within the last
+    /// MIN) is due at once; changes within MIN of the last run wait for MIN
+    /// of quiet, at most MAX after the first of them. A resource runs at
+    /// most about once per MIN, and the last change always runs.
+    #[default]
+    Leading,
+    /// Every change waits for MIN of quiet, at most MAX after the first of
+    /// the burst (consul-template's `wait`).
+    Trailing,
+}
+
+impl WaitMode {
+    pub fn label(self) -> &'static str {
+        match self {
+            WaitMode::Leading => "leading",
+            WaitMode::Trailing => "trailing",
+        }
+    }
+}
+
+/// Pending changes per key (a unit), each due by its [`WaitMode`]: after
+/// `min` of quiet and at the latest `max` after the first change of a
+/// burst, or at once when nothing ran for the key within `min`.
 #[derive(Debug)]
 pub struct Debouncer<K> {
     pending: HashMap<K, Window>,
+    /// When each key was last taken due: its last run started then.
+    last_run: HashMap<K, Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -25,6 +52,18 @@ struct Window {
 impl Window {
     fn due_at(&self) -> Instant {
         after(self.last, self.wait.min).min(after(self.first, self.wait.max))
+    }
+
+    /// Due at `when`, without a window.
+    fn at(when: Instant) -> Window {
+        Window {
+            first: when,
+            last: when,
+            wait: Wait {
+                min: Duration::ZERO,
+                max: Duration::ZERO,
+            },
+        }
     }
 }
 
@@ -41,38 +80,37 @@ impl<K: Hash + Eq + Clone> Default for Debouncer<K> {
     fn default() -> Self {
         Debouncer {
             pending: HashMap::new(),
+            last_run: HashMap::new(),
         }
     }
 }
 
 impl<K: Hash + Eq + Clone> Debouncer<K> {
     /// Records a change to `key` at `now`.
-    pub fn touch(&mut self, key: K, now: Instant, wait: Wait) {
-        self.pending
-            .entry(key)
-            .and_modify(|w| w.last = now)
-            .or_insert(Window {
+    pub fn touch(&mut self, key: K, now: Instant, wait: Wait, mode: WaitMode) {
+        if let Some(window) = self.pending.get_mut(&key) {
+            window.last = now;
+            return;
+        }
+        let recent = self
+            .last_run
+            .get(&key)
+            .is_some_and(|run| now < after(*run, wait.min));
+        let window = match mode {
+            WaitMode::Leading if !recent => Window::at(now),
+            _ => Window {
                 first: now,
                 last: now,
                 wait,
-            });
+            },
+        };
+        self.pending.insert(key, window);
     }
 
     /// Makes `key` due at `when`, with no debounce window (start-up,
     /// resyncs, retries, drift restores).
     pub fn at(&mut self, key: K, when: Instant) {
-        let zero = Wait {
-            min: Duration::ZERO,
-            max: Duration::ZERO,
-        };
-        self.pending.insert(
-            key,
-            Window {
-                first: when,
-                last: when,
-                wait: zero,
-            },
-        );
+        self.pending.insert(key, Window::at(when));
     }
 
     /// The earliest moment something becomes due.
@@ -90,6 +128,7 @@ impl<K: Hash + Eq + Clone> Debouncer<K> {
             .collect();
         for k in &due {
             self.pending.remove(k);
+            self.last_run.insert(k.clone(), now);
         }
         due
     }
@@ -109,6 +148,7 @@ impl<K: Hash + Eq + Clone> Debouncer<K> {
 
     pub fn clear(&mut self) {
         self.pending.clear();
+        self.last_run.clear();
     }
 }
 
@@ -163,10 +203,10 @@ mod tests {
     }
 
     #[test]
-    fn a_single_change_is_due_after_min_of_quiet() {
+    fn trailing_a_single_change_is_due_after_min_of_quiet() {
         let t0 = Instant::now();
         let mut d = Debouncer::default();
-        d.touch("bird", t0, wait(100, 1000));
+        d.touch("bird", t0, wait(100, 1000), WaitMode::Trailing);
         assert!(d.take_due(t0 + ms(99)).is_empty());
         assert_eq!(d.next_deadline(), Some(t0 + ms(100)));
         assert_eq!(d.take_due(t0 + ms(100)), ["bird"]);
@@ -174,7 +214,7 @@ mod tests {
     }
 
     #[test]
-    fn a_steady_burst_is_due_at_max_after_its_first_change() {
+    fn trailing_a_steady_burst_is_due_at_max_after_its_first_change() {
         let t0 = Instant::now();
         let mut d = Debouncer::default();
         // A change every 50 ms never leaves 100 ms of quiet.
@@ -184,7 +224,7 @@ mod tests {
                 assert_eq!(now, t0 + ms(1000), "due exactly at MAX");
                 return;
             }
-            d.touch("bird", now, wait(100, 1000));
+            d.touch("bird", now, wait(100, 1000), WaitMode::Trailing);
         }
         panic!("the burst never became due");
     }
@@ -193,8 +233,8 @@ mod tests {
     fn keys_debounce_independently() {
         let t0 = Instant::now();
         let mut d = Debouncer::default();
-        d.touch("a", t0, wait(100, 1000));
-        d.touch("b", t0 + ms(80), wait(100, 1000));
+        d.touch("a", t0, wait(100, 1000), WaitMode::Trailing);
+        d.touch("b", t0 + ms(80), wait(100, 1000), WaitMode::Trailing);
         assert_eq!(d.take_due(t0 + ms(100)), ["a"]);
         assert_eq!(d.take_due(t0 + ms(180)), ["b"]);
     }
@@ -203,7 +243,7 @@ mod tests {
     fn at_makes_a_key_due_at_that_moment_without_a_window() {
         let t0 = Instant::now();
         let mut d = Debouncer::default();
-        d.touch("a", t0, wait(100, 1000));
+        d.touch("a", t0, wait(100, 1000), WaitMode::Trailing);
         d.at("a", t0);
         assert_eq!(d.take_due(t0), ["a"]);
     }
@@ -216,7 +256,7 @@ mod tests {
             min: Duration::MAX,
             max: Duration::MAX,
         };
-        d.touch("a", t0, huge);
+        d.touch("a", t0, huge, WaitMode::Trailing);
         assert!(d.next_deadline().unwrap() > t0 + Duration::from_secs(3600));
         assert!(d.take_due(t0).is_empty());
     }

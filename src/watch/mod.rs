@@ -549,7 +549,8 @@ impl Daemon<'_> {
                 self.scheduler.at(&unit.name, now);
             } else {
                 let wait = unit.wait.unwrap_or(self.settings.wait);
-                self.scheduler.touch(&unit.name, now, wait);
+                let mode = unit.wait_mode.unwrap_or(self.settings.wait_mode);
+                self.scheduler.touch(&unit.name, now, wait, mode);
             }
         }
         tracing::debug!(keys = keys.len(), units = affected.len(), "changes applied");

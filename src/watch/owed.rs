@@ -202,6 +202,7 @@ mod tests {
                 ..Reload::default()
             },
             wait: None,
+            wait_mode: None,
             drift: Default::default(),
             bird_check: false,
             render_timeout: None,

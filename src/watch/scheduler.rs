@@ -2,6 +2,12 @@
 //! backoff for failures, and retries of owed reloads. Pure logic over a
 //! clock the caller passes in; it never sleeps, spawns or reads the time.
 //!
+//! A change is due by its resource's [`WaitMode`]: by default (leading) an
+//! isolated change runs at once, and changes within MIN of the last run
+//! are coalesced into one run after MIN of quiet (at most MAX after the
+//! first of them), so a resource runs at most about once per MIN and the
+//! last change always runs.
+//!
 //! A retry's backoff counts from the moment the failed work *finished*, so
 //! a slow failing check cannot make retries run back to back. A resource
 //! whose render hit its limit is parked: it is not retried until a change
@@ -12,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::duration::Wait;
 use crate::pipeline::ReloadKey;
-use crate::watch::debounce::{after, Backoff, Debouncer};
+use crate::watch::debounce::{after, Backoff, Debouncer, WaitMode};
 
 /// A reload that failed and is retried.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,11 +38,12 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// A change touched `unit` at `now`: due after its debounce window.
-    /// A parked unit is unparked, since its inputs changed.
-    pub fn touch(&mut self, unit: &str, now: Instant, wait: Wait) {
+    /// A change touched `unit` at `now`: due at once or after its window,
+    /// by `mode` (see [`WaitMode`]). A parked unit is unparked, since its
+    /// inputs changed.
+    pub fn touch(&mut self, unit: &str, now: Instant, wait: Wait, mode: WaitMode) {
         self.parked.remove(unit);
-        self.debounce.touch(unit.to_owned(), now, wait);
+        self.debounce.touch(unit.to_owned(), now, wait, mode);
     }
 
     /// `unit` is due at `at` at the latest, without a window (start-up,
@@ -205,7 +212,7 @@ mod tests {
             min: ms(10),
             max: ms(100),
         };
-        s.touch("a", t0, wait);
+        s.touch("a", t0, wait, WaitMode::Trailing);
         assert!(!s.is_parked("a"));
         assert_eq!(s.take_due(t0 + ms(10)), ["a"]);
     }
@@ -218,9 +225,159 @@ mod tests {
             min: ms(10),
             max: ms(100),
         };
-        s.touch("a", t0, wait);
+        s.touch("a", t0, wait, WaitMode::Trailing);
         s.failed("a", t0);
         assert_eq!(s.take_due(t0 + ms(10)), ["a"]);
+    }
+
+    /// The watch loop around a scheduler, on tokio's paused clock: one
+    /// resource changed at each of `changes` (offsets from the start), each
+    /// run taking `render`; a unit due while it runs runs again once it is
+    /// done, as the loop's rerun does. Returns when each run started.
+    async fn runs(
+        changes: &[Duration],
+        render: Duration,
+        wait: Wait,
+        mode: WaitMode,
+    ) -> Vec<Duration> {
+        let now = || tokio::time::Instant::now().into_std();
+        let t0 = now();
+        let mut s = Scheduler::default();
+        let (mut started, mut busy_until, mut rerun) = (Vec::new(), None::<Instant>, false);
+        let mut next = 0;
+        for _ in 0..100_000 {
+            let t = now();
+            if busy_until.is_some_and(|end| end <= t) {
+                busy_until = None;
+                if std::mem::take(&mut rerun) {
+                    s.at("r", t);
+                }
+            }
+            while changes.get(next).is_some_and(|c| t0 + *c <= t) {
+                s.touch("r", t, wait, mode);
+                next += 1;
+            }
+            for _ in s.take_due(t) {
+                if busy_until.is_some() {
+                    rerun = true;
+                } else {
+                    started.push(t - t0);
+                    busy_until = Some(t + render);
+                }
+            }
+            let wake = [
+                s.next_deadline(),
+                busy_until,
+                changes.get(next).map(|c| t0 + *c),
+            ];
+            match wake.into_iter().flatten().min() {
+                Some(at) => tokio::time::advance(at.saturating_duration_since(t)).await,
+                None => return started,
+            }
+        }
+        panic!("the simulated loop never settled");
+    }
+
+    /// `n` changes spread evenly over `span`, the first at 0.
+    fn spread(n: u32, span: Duration) -> Vec<Duration> {
+        (0..n).map(|i| span * i / n).collect()
+    }
+
+    const DEFAULTS: Wait = Wait {
+        min: Duration::from_millis(50),
+        max: Duration::from_secs(1),
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn an_isolated_change_runs_at_once() {
+        let changes = [ms(0), ms(500), ms(2000)];
+        let started = runs(&changes, ms(5), DEFAULTS, WaitMode::Leading).await;
+        assert_eq!(started, changes, "each change is alone: no wait at all");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_within_min_of_the_last_run_waits_for_min_of_quiet() {
+        let started = runs(&[ms(0), ms(20), ms(40)], ms(5), DEFAULTS, WaitMode::Leading).await;
+        // The first runs at once; the next two are coalesced, due 50 ms
+        // after the last of them.
+        assert_eq!(started, [ms(0), ms(90)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_during_a_long_run_are_coalesced_into_one_run_after_it() {
+        let started = runs(
+            &[ms(0), ms(100), ms(150)],
+            ms(200),
+            DEFAULTS,
+            WaitMode::Leading,
+        )
+        .await;
+        assert_eq!(started, [ms(0), ms(200)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_300_changes_in_half_a_second_runs_at_most_5_times() {
+        let changes = spread(300, ms(450));
+        let last = *changes.last().unwrap();
+        // A run as cheap as one key, and as dear as 20,000 keys in one file.
+        for render in [ms(1), ms(45)] {
+            let started = runs(&changes, render, DEFAULTS, WaitMode::Leading).await;
+            assert!(started.len() <= 5, "{render:?}: {started:?}");
+            assert_eq!(started[0], ms(0), "the first change runs at once");
+            assert!(
+                *started.last().unwrap() >= last,
+                "the last state lands: {started:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_thousand_changes_in_a_second_run_a_handful_of_times_and_the_last_lands() {
+        let changes = spread(1000, Duration::from_secs(1));
+        let last = *changes.last().unwrap();
+        for render in [ms(1), ms(45)] {
+            let started = runs(&changes, render, DEFAULTS, WaitMode::Leading).await;
+            assert!(started.len() <= 5, "{render:?}: {started:?}");
+            let final_run = *started.last().unwrap();
+            assert!(final_run >= last, "{started:?}");
+            assert!(final_run <= last + DEFAULTS.min + render, "{started:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_continuous_churn_max_bounds_the_wait_and_runs_stay_min_apart() {
+        // A change every 10 ms for 5 s never leaves 50 ms of quiet.
+        let changes = spread(500, Duration::from_secs(5));
+        let started = runs(&changes, ms(5), DEFAULTS, WaitMode::Leading).await;
+        for pair in started.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(gap >= DEFAULTS.min, "at most once per MIN: {started:?}");
+            assert!(
+                gap <= DEFAULTS.max + ms(10),
+                "MAX bounds the wait: {started:?}"
+            );
+        }
+        assert!(*started.last().unwrap() >= *changes.last().unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn trailing_mode_waits_for_min_of_quiet_even_for_an_isolated_change() {
+        let started = runs(&[ms(0), ms(500)], ms(5), DEFAULTS, WaitMode::Trailing).await;
+        assert_eq!(started, [ms(50), ms(550)]);
+        let burst = runs(&spread(300, ms(450)), ms(5), DEFAULTS, WaitMode::Trailing).await;
+        assert_eq!(burst.len(), 1, "{burst:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_wait_every_change_runs_at_once() {
+        let none = Wait {
+            min: Duration::ZERO,
+            max: Duration::ZERO,
+        };
+        let changes = spread(20, ms(200));
+        for mode in [WaitMode::Leading, WaitMode::Trailing] {
+            assert_eq!(runs(&changes, ms(1), none, mode).await, changes);
+        }
     }
 
     #[test]

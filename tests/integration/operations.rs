@@ -615,6 +615,7 @@ const HELP_SECTIONS: [(&str, &[&str]); 4] = [
             "watch",
             "interval",
             "wait",
+            "wait-mode",
             "render-timeout",
             "max-output",
             "stuck-after",

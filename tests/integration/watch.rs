@@ -334,6 +334,101 @@ fn a_burst_of_300_puts_is_coalesced_into_a_few_commits_showing_the_final_data() 
 }
 
 #[test]
+fn an_isolated_change_renders_at_once_however_long_the_wait() {
+    let etcd = Etcd::start();
+    etcd.put("/app/greeting", "hello");
+    let site = Site::new();
+    site.unit("app", &["/app"], GREETING, "");
+    let min = Duration::from_secs(4);
+    let _confera = site.watch_etcd(&etcd.client_url, "4s:120s", &[]);
+    site.wait_for_output("app", "greeting=hello\n");
+    site.wait_for_hups(1);
+    // Nothing rendered within the last MIN: the next change is isolated.
+    std::thread::sleep(min);
+
+    let put = Instant::now();
+    etcd.put("/app/greeting", "world");
+
+    // Well before MIN: only the leading edge renders this soon.
+    let soon = wait_until(min / 2, || {
+        site.output("app").as_deref() == Some("greeting=world\n")
+    });
+    assert!(soon, "not rendered {:?} after the put", put.elapsed());
+    site.wait_for_hups(2);
+}
+
+#[test]
+fn with_wait_mode_trailing_an_isolated_change_waits_for_min_of_quiet() {
+    let (etcd, site) = (Etcd::start(), Site::new());
+    etcd.put("/app/greeting", "hello");
+    site.unit("app", &["/app"], GREETING, "");
+    let _confera = site.watch_etcd(&etcd.client_url, "2s:10s", &["--wait-mode", "trailing"]);
+    site.wait_for_output("app", "greeting=hello\n");
+
+    let put = Instant::now();
+    etcd.put("/app/greeting", "world");
+
+    site.wait_for_output("app", "greeting=world\n");
+    assert!(
+        put.elapsed() >= Duration::from_secs(2),
+        "rendered before MIN"
+    );
+}
+
+#[test]
+fn with_default_settings_a_burst_of_300_puts_in_half_a_second_gives_at_most_5_reloads() {
+    let etcd = Etcd::start();
+    let site = Site::new();
+    site.unit("app", &["/app"], PEERS, "");
+    etcd.put("/app/peers/start", "0");
+    // No --wait, no --wait-mode: the defaults.
+    let confera = Daemon::spawn(&[
+        "--confdir",
+        site.dir.arg(),
+        "--backend",
+        "etcd",
+        "--node",
+        &etcd.client_url,
+        "--watch",
+        "--log-level",
+        "debug",
+    ]);
+    site.wait_for_output("app", "/app/peers/start=0\n");
+    site.wait_for_hups(1);
+
+    // 300 puts of 100 keys from 10 writers, as fast as etcd takes them
+    // (well under half a second); each key ends at v2.
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for writer in 0..10 {
+            let etcd = &etcd;
+            s.spawn(move || {
+                for round in 0..3 {
+                    for key in 0..10 {
+                        etcd.put(&format!("/app/peers/{writer}{key}"), &format!("v{round}"));
+                    }
+                }
+            });
+        }
+    });
+    let took = started.elapsed();
+    let want: String = (0..100)
+        .map(|k| format!("/app/peers/{k:02}=v2\n"))
+        .chain(["/app/peers/start=0\n".to_string()])
+        .collect();
+
+    site.wait_for_output("app", &want);
+    barrier(&confera, || etcd.put("/app/unused", "x"));
+    let hups = site.daemon.hups() - 1;
+    let commits = commits(&confera, &site.dest("app")) - 1;
+    assert!(
+        (1..=5).contains(&hups),
+        "{hups} SIGHUPs for 300 puts in {took:?}"
+    );
+    assert!((1..=5).contains(&commits), "{commits} commits");
+}
+
+#[test]
 fn the_first_render_at_start_up_is_not_delayed_by_wait() {
     let etcd = Etcd::start();
     etcd.put("/app/greeting", "hello");
