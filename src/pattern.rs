@@ -66,6 +66,35 @@ pub fn matches(pattern: &str, name: &str) -> bool {
     match_from(&pattern, &name).unwrap_or(false)
 }
 
+/// A pattern prepared for matching many names, as a `gets` over a prefix
+/// does: the pattern is decoded once and the name buffer reused, and the
+/// common lone `*` (`/peers/*`) is a scan for `/`.
+pub struct Matcher {
+    pattern: Vec<char>,
+    any_segment: bool,
+    name: Vec<char>,
+}
+
+impl Matcher {
+    pub fn new(pattern: &str) -> Matcher {
+        Matcher {
+            pattern: pattern.chars().collect(),
+            any_segment: pattern == "*",
+            name: Vec::new(),
+        }
+    }
+
+    /// [`matches`] of this pattern and `name`.
+    pub fn matches(&mut self, name: &str) -> bool {
+        if self.any_segment {
+            return !name.contains('/');
+        }
+        self.name.clear();
+        self.name.extend(name.chars());
+        match_from(&self.pattern, &self.name).unwrap_or(false)
+    }
+}
+
 /// Backtracking over `*` only; everything else consumes exactly one
 /// character, so the single backtrack point of the classic wildcard
 /// algorithm suffices (a `*` never crosses `/`, so a new `*` resets it).
@@ -216,6 +245,12 @@ mod tests {
         for (pattern, name, want) in cases {
             assert_eq!(validate(pattern), Ok(()), "{pattern}");
             assert_eq!(matches(pattern, name), want, "{pattern:?} vs {name:?}");
+            assert_eq!(Matcher::new(pattern).matches(name), want, "{pattern:?}");
+        }
+        let mut star = Matcher::new("*");
+        for (name, want) in [("", true), ("a", true), ("a/b", false), ("☺", true)] {
+            assert_eq!(star.matches(name), want, "{name:?}");
+            assert_eq!(matches("*", name), want, "{name:?}");
         }
     }
 

@@ -167,10 +167,11 @@ impl Store {
         // Every key scanned starts with `literal`, so only what follows its
         // last `/` is left to match (one segment for `/peers/*`).
         let base = literal.rfind('/').map_or(0, |i| i + 1);
+        let mut matcher = crate::pattern::Matcher::new(&pattern[base..]);
         self.entries
             .range::<str, _>((Bound::Included(literal), Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(literal))
-            .filter(|(k, _)| is_plain(k) && crate::pattern::matches(&pattern[base..], &k[base..]))
+            .filter(|(k, _)| is_plain(k) && matcher.matches(&k[base..]))
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect()
     }
@@ -271,12 +272,17 @@ pub fn glob_base(pattern: &str) -> &str {
 /// is `/peers/a`, and `/fabric` itself is `/`. The key is not normalised (it
 /// may be a store key); one not under the prefix is returned as it is.
 pub fn relative_key(prefix: &str, key: &str) -> String {
+    relative_key_str(prefix, key).to_string()
+}
+
+/// [`relative_key`] without a copy: a slice of `key` (or `/`).
+pub fn relative_key_str<'k>(prefix: &str, key: &'k str) -> &'k str {
     if prefix == "/" || !is_under(key, prefix) {
-        return key.to_string();
+        return key;
     }
     match &key[prefix.len()..] {
-        "" => "/".to_string(),
-        rest => rest.to_string(),
+        "" => "/",
+        rest => rest,
     }
 }
 

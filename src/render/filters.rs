@@ -68,16 +68,18 @@ fn json(text: &str, _: Kwargs, _: &State) -> TeraResult<Value> {
 
 /// `base`: the last element of a slash-separated path, like Go's `path.Base`:
 /// trailing slashes are ignored, `""` gives `"."` and `"/"` gives `"/"`.
-fn base(path: &str, _: Kwargs, _: &State) -> String {
+/// A value, not a `String`: a name of up to 21 bytes is stored in the value
+/// itself, without an allocation (it runs once per line of a `gets` loop).
+fn base(path: &str, _: Kwargs, _: &State) -> Value {
     let trimmed = path.trim_end_matches('/');
-    if path.is_empty() {
-        ".".to_string()
+    let base = if path.is_empty() {
+        "."
     } else if trimmed.is_empty() {
-        "/".to_string()
+        "/"
     } else {
-        let last = trimmed.rsplit_once('/').map_or(trimmed, |(_, last)| last);
-        last.to_string()
-    }
+        trimmed.rsplit_once('/').map_or(trimmed, |(_, last)| last)
+    };
+    Value::from(base)
 }
 
 /// `dir`: everything but the last element of a slash-separated path, cleaned,

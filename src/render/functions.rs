@@ -12,10 +12,12 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use tera::{Kwargs, Map, State, Tera, TeraResult, Value};
+use tera::{Kwargs, State, Tera, TeraResult, Value};
 
 use crate::resource::{Output, Secrets, Template};
-use crate::store::{glob_base, is_under, join_keys, normalize_key, relative_key, Store};
+use crate::store::{
+    glob_base, is_under, join_keys, normalize_key, relative_key, relative_key_str, Store,
+};
 
 /// A key a template read, relative to the resource's prefix, with its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,8 +46,19 @@ struct ScopeData {
     output: Output,
     secrets: Secrets,
     dest: PathBuf,
+    /// Record every read and origin, for an error message; otherwise only
+    /// the reads of secret keys, which redaction needs on every render.
+    every_read: bool,
     reads: Vec<KeyRead>,
     origins: Vec<Origin>,
+}
+
+/// One entry of `gets` and `get`: `{key, value}`, the key relative to the
+/// resource's prefix. Built through serde, which fills Tera's map in place.
+#[derive(serde::Serialize)]
+struct Entry<'a> {
+    key: &'a str,
+    value: &'a str,
 }
 
 thread_local! {
@@ -57,7 +70,9 @@ thread_local! {
 pub(super) struct Scope(());
 
 impl Scope {
-    pub(super) fn enter(store: Arc<Store>, template: &Template) -> Scope {
+    /// `every_read`: record every key read and every other text the
+    /// template got (for an error message), not only secret keys' values.
+    pub(super) fn enter(store: Arc<Store>, template: &Template, every_read: bool) -> Scope {
         SCOPE.with(|s| {
             *s.borrow_mut() = Some(ScopeData {
                 store,
@@ -67,6 +82,7 @@ impl Scope {
                 output: template.output,
                 secrets: template.secrets.clone(),
                 dest: template.dest.clone(),
+                every_read,
                 reads: Vec::new(),
                 origins: Vec::new(),
             })
@@ -166,6 +182,9 @@ impl ScopeData {
     }
 
     fn record(&mut self, absolute: &str, value: &str) {
+        if !self.every_read && !self.secrets.is_secret(absolute) {
+            return;
+        }
         let key = self.relative(absolute);
         self.reads.push(KeyRead {
             key,
@@ -176,24 +195,19 @@ impl ScopeData {
 
     fn entry(&mut self, absolute: &str, value: &str) -> Value {
         self.record(absolute, value);
-        let mut map = Map::new();
-        map.insert("key".into(), Value::from(self.relative(absolute)));
-        map.insert("value".into(), Value::from(value));
-        Value::from(map)
+        let key = relative_key_str(&self.prefix, absolute);
+        Value::from_serializable(&Entry { key, value })
     }
 
-    fn glob(&mut self, pattern: &str) -> TeraResult<Vec<(String, String)>> {
+    /// The entries of `store` (this scope's) matching `pattern`, in scope.
+    fn glob<'s>(&self, store: &'s Store, pattern: &str) -> TeraResult<Vec<(&'s str, &'s str)>> {
         crate::pattern::validate(pattern).map_err(tera::Error::message)?;
         // The directory the pattern searches decides the scope check.
         self.check_path(glob_base(pattern))?;
         let absolute = self.absolute(pattern);
-        let store = self.store.clone();
-        Ok(store
-            .glob(&absolute)
-            .into_iter()
-            .filter(|(k, _)| self.in_scope(k))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect())
+        let mut entries = store.glob(&absolute);
+        entries.retain(|(k, _)| self.in_scope(k));
+        Ok(entries)
     }
 
     fn children(&mut self, path: &str, dirs_only: bool) -> TeraResult<Vec<String>> {
@@ -216,7 +230,7 @@ impl ScopeData {
                 self.in_scope(&child) || self.keys.iter().any(|k| is_under(k, &child))
             })
             .collect();
-        for name in &names {
+        for name in names.iter().filter(|_| self.every_read) {
             let child = self.relative(&format!("{base}/{name}"));
             self.origins.push(Origin {
                 what: format!("key `{}`", child.escape_debug()),
@@ -306,7 +320,8 @@ fn exists(kwargs: Kwargs, _: &State) -> TeraResult<bool> {
 fn gets(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
     let pattern = key_arg(&kwargs, "pattern")?;
     with_scope(|scope| {
-        let entries = scope.glob(&pattern)?;
+        let store = scope.store.clone();
+        let entries = scope.glob(&store, &pattern)?;
         let values: Vec<Value> = entries.iter().map(|(k, v)| scope.entry(k, v)).collect();
         Ok(Value::from(values))
     })
@@ -315,12 +330,13 @@ fn gets(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
 fn getvs(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
     let pattern = key_arg(&kwargs, "pattern")?;
     with_scope(|scope| {
-        let entries = scope.glob(&pattern)?;
+        let store = scope.store.clone();
+        let entries = scope.glob(&store, &pattern)?;
         let values: Vec<Value> = entries
             .iter()
             .map(|(k, v)| {
                 scope.record(k, v);
-                Value::from(v.as_str())
+                Value::from(*v)
             })
             .collect();
         Ok(Value::from(values))

@@ -94,6 +94,11 @@ impl Renderer {
     /// Like [`Renderer::render`], but stops as soon as the output passes
     /// `max_output` bytes or `cancel` is set (a time limit ran out), so an
     /// abandoned render ends and its memory stays bounded.
+    ///
+    /// A render records only the reads of secret keys (what redaction
+    /// needs); one that fails is rendered again recording every read, so
+    /// that its message can name the key a value came from. Renders are
+    /// pure over the store, so the second fails where the first did.
     pub fn render_limited(
         &self,
         template: &Template,
@@ -101,9 +106,32 @@ impl Renderer {
         max_output: usize,
         cancel: &std::sync::atomic::AtomicBool,
     ) -> Result<Rendered, UnitError> {
+        let first = match self.attempt(template, store, max_output, cancel, false)? {
+            Ok(rendered) => return Ok(rendered),
+            Err(failed) => failed,
+        };
+        let (e, reads, origins) = match self.attempt(template, store, max_output, cancel, true)? {
+            Err(failed) => failed,
+            // Not repeatable after all (the environment changed): the
+            // first error, without the keys.
+            Ok(_) => first,
+        };
+        Err(self.render_error(e, template, store, &reads, &origins))
+    }
+
+    /// One render: the output, or the engine's error with what the render
+    /// recorded; `Err` when it hit a limit.
+    fn attempt(
+        &self,
+        template: &Template,
+        store: &Arc<Store>,
+        max_output: usize,
+        cancel: &std::sync::atomic::AtomicBool,
+        every_read: bool,
+    ) -> Result<Result<Rendered, Failed>, UnitError> {
         filters::take_rejected();
         output::take_refusal();
-        let guard = functions::Scope::enter(store.clone(), template);
+        let guard = functions::Scope::enter(store.clone(), template, every_read);
         let mut out = LimitedWriter {
             buf: Vec::new(),
             max: max_output,
@@ -120,29 +148,23 @@ impl Renderer {
                 limit,
             });
         }
-        match result {
+        Ok(match result {
             // Tera writes only the UTF-8 of its strings.
             Ok(()) => Ok(Rendered {
-                text: String::from_utf8_lossy(&out.buf).into_owned(),
+                text: String::from_utf8(out.buf)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
                 reads,
             }),
-            Err(e) => Err(self.render_error(e, template, store, &reads, &origins)),
-        }
+            Err(e) => Err((e, reads, origins)),
+        })
     }
 
     /// Renders one template against `store`, strictly: a missing key, one
     /// outside the template's keys, or a printed value the output policy
     /// refuses fails the render.
     pub fn render(&self, template: &Template, store: &Arc<Store>) -> Result<Rendered, UnitError> {
-        filters::take_rejected();
-        output::take_refusal();
-        let guard = functions::Scope::enter(store.clone(), template);
-        let result = self.tera.render(&template.src, &Context::new());
-        let (reads, origins) = guard.finish();
-        match result {
-            Ok(text) => Ok(Rendered { text, reads }),
-            Err(e) => Err(self.render_error(e, template, store, &reads, &origins)),
-        }
+        let never = std::sync::atomic::AtomicBool::new(false);
+        self.render_limited(template, store, usize::MAX, &never)
     }
 
     fn render_error(
@@ -223,7 +245,7 @@ impl Renderer {
     fn trace_print(&self, t: &Template, store: &Arc<Store>) -> Option<(String, usize)> {
         let traced = self.traced.get_or_init(|| self.traced_engine()).as_ref()?;
         output::take_last_print();
-        let guard = functions::Scope::enter(store.clone(), t);
+        let guard = functions::Scope::enter(store.clone(), t, true);
         let result = traced.render(&t.src, &Context::new());
         drop(guard);
         let refused = output::take_refusal().is_some();
@@ -248,6 +270,9 @@ impl Renderer {
         Some(tera)
     }
 }
+
+/// A failed render: the engine's error, the reads and other texts recorded.
+type Failed = (tera::Error, Vec<KeyRead>, Vec<functions::Origin>);
 
 /// An output buffer that refuses to grow past `max` bytes or after `cancel`.
 struct LimitedWriter<'c> {

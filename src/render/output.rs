@@ -169,7 +169,31 @@ fn replace(value: StringInput, kwargs: Kwargs, _: &State) -> TeraResult<Value> {
 /// `{`, `}`, `"`, `#`, a comment marker (`/*`, `*/`), or whitespace at
 /// either end.
 pub(crate) fn bird_refusal(text: &str) -> Option<Refusal> {
+    if plainly_safe(text) {
+        return None;
+    }
     bird_problem(text, true)
+}
+
+/// Whether `text` is ASCII with nothing [`bird_problem`] refuses: most
+/// printed values, decided byte by byte without decoding characters.
+fn plainly_safe(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    if bytes.first() == Some(&b' ') || bytes.last() == Some(&b' ') {
+        return false;
+    }
+    let mut previous = 0u8;
+    for &b in bytes {
+        match b {
+            // Control characters (every ASCII whitespace but the space),
+            // non-ASCII (decoded by the full check), and the structure.
+            0..=0x1f | 0x7f..=0xff | b';' | b'{' | b'}' | b'"' | b'#' => return false,
+            b'*' if previous == b'/' => return false,
+            b'/' if previous == b'*' => return false,
+            _ => previous = b,
+        }
+    }
+    true
 }
 
 /// [`bird_refusal`]; `edges` says whether `text` is a whole printed value,
@@ -229,6 +253,15 @@ mod tests {
         ] {
             let refusal = bird_refusal(text).unwrap_or_else(|| panic!("{text:?} passed"));
             assert_eq!(refusal.problem, problem, "{text:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_byte_check_passes_only_what_the_full_check_passes(text in "[ -~\\t\\n\u{a0}☺]{0,12}") {
+            if plainly_safe(&text) {
+                proptest::prop_assert_eq!(bird_problem(&text, true), None);
+            }
         }
     }
 
