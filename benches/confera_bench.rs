@@ -8,7 +8,7 @@
 //! cargo bench --bench confera_bench -- [--quick] [--out DIR] [--callgrind] [BENCH]...
 //! ```
 //! BENCH is one of latency, cost, burst, idle, memory, oneshot, mesh,
-//! fanout (default: all of them, in that order). Each writes
+//! fanout, peers (default: all of them, in that order). Each writes
 //! `<out>/<bench>.json` and `<out>/<bench>.md`; the run writes
 //! `<out>/report.md` with the machine and every section. `--quick` runs
 //! small sizes and few repetitions (a smoke run, well under a minute per
@@ -36,6 +36,8 @@ mod memory;
 mod mesh;
 #[path = "confera_bench/oneshot.rs"]
 mod oneshot;
+#[path = "confera_bench/peers.rs"]
+mod peers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,6 +72,7 @@ const BENCHES: &[Bench] = &[
     ("oneshot", oneshot::run),
     ("mesh", mesh::run),
     ("fanout", fanout::run),
+    ("peers", peers::run),
 ];
 
 fn main() -> ExitCode {
