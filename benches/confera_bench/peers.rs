@@ -91,7 +91,12 @@ fn sizes() -> Vec<usize> {
     match std::env::var("BENCH_PEERS_KEYS") {
         Ok(text) => text
             .split(',')
-            .map(|n| n.trim().replace('_', "").parse().expect("sizes such as 2000,20000"))
+            .map(|n| {
+                n.trim()
+                    .replace('_', "")
+                    .parse()
+                    .expect("sizes such as 2000,20000")
+            })
             .collect(),
         Err(_) => vec![2_000, 20_000],
     }
@@ -174,20 +179,33 @@ fn oneshot(etcd: &Etcd, keys: usize, bins: &[(String, PathBuf)], runs: usize) ->
     let (confdir, dest) = confdir(dir.path());
     let stderr = dir.path().join("stderr");
     let mut out = OneShot {
-        runs: bins.iter().map(|(l, _)| (l.clone(), Vec::new(), Vec::new())).collect(),
+        runs: bins
+            .iter()
+            .map(|(l, _)| (l.clone(), Vec::new(), Vec::new()))
+            .collect(),
         etcdctl: Vec::new(),
         error: None,
     };
     let mut baseline = Command::new("etcdctl");
     baseline
-        .args(["--endpoints", &etcd.endpoint(), "get", "--prefix", &format!("{PREFIX}/peers/")])
+        .args([
+            "--endpoints",
+            &etcd.endpoint(),
+            "get",
+            "--prefix",
+            &format!("{PREFIX}/peers/"),
+        ])
         .env("ETCDCTL_API", "3");
     for round in 0..=runs {
         for (slot, (_, bin)) in bins.iter().enumerate() {
             let mut cmd = confera_at(bin);
-            cmd.arg("--confdir")
-                .arg(&confdir)
-                .args(["--onetime", "--backend", "etcd", "--node", &etcd.client_url]);
+            cmd.arg("--confdir").arg(&confdir).args([
+                "--onetime",
+                "--backend",
+                "etcd",
+                "--node",
+                &etcd.client_url,
+            ]);
             let _ = std::fs::remove_file(&dest);
             let m = run_measured(&mut cmd, &stderr);
             if m.code != 0 {
@@ -205,7 +223,8 @@ fn oneshot(etcd: &Etcd, keys: usize, bins: &[(String, PathBuf)], runs: usize) ->
             }
         }
         if round > 0 {
-            out.etcdctl.push(run_measured(&mut baseline, &stderr).wall_ms);
+            out.etcdctl
+                .push(run_measured(&mut baseline, &stderr).wall_ms);
         }
     }
     let lines = std::fs::read_to_string(&dest).map_or(0, |t| t.lines().count());
@@ -288,9 +307,13 @@ fn watcher(etcd: &Etcd, keys: usize, bin: &Path, changes: usize) -> Watch {
     let _fs = FsWatch::start(&[dest.parent().unwrap().to_path_buf()], obs.tx.clone());
     // Default settings: no --wait, no --wait-mode.
     let mut cmd = confera_at(bin);
-    cmd.arg("--confdir")
-        .arg(&confdir)
-        .args(["--backend", "etcd", "--node", &etcd.client_url, "--watch"]);
+    cmd.arg("--confdir").arg(&confdir).args([
+        "--backend",
+        "etcd",
+        "--node",
+        &etcd.client_url,
+        "--watch",
+    ]);
     let daemon = Daemon::spawn_cmd(cmd);
     let lines = |path: &Path| std::fs::read_to_string(path).map_or(0, |t| t.lines().count());
     let deadline = mono_ns() + 60_000_000_000;
@@ -303,7 +326,11 @@ fn watcher(etcd: &Etcd, keys: usize, bin: &Path, changes: usize) -> Watch {
     let size = std::fs::metadata(&dest).map_or(0, |m| m.len() as usize);
     let floor_dir = dir.path().join("floor");
     std::fs::create_dir_all(&floor_dir).unwrap();
-    let _bare = BareWatch::start(&etcd.endpoint(), &format!("{PREFIX}/peers/"), obs.tx.clone());
+    let _bare = BareWatch::start(
+        &etcd.endpoint(),
+        &format!("{PREFIX}/peers/"),
+        obs.tx.clone(),
+    );
     let mut gateway = Gateway::connect(&etcd.client_url);
     std::thread::sleep(GAP);
     obs.drain();
@@ -323,9 +350,11 @@ fn watcher(etcd: &Etcd, keys: usize, bin: &Path, changes: usize) -> Watch {
                     ));
                     return watch;
                 }
-                Some(Obs::Watch { at, key: k, value: v }) if k == key && v == value => {
-                    seen = Some(at)
-                }
+                Some(Obs::Watch {
+                    at,
+                    key: k,
+                    value: v,
+                }) if k == key && v == value => seen = Some(at),
                 Some(Obs::Fs { at, path })
                     if path == dest
                         && landed.is_none()
@@ -367,7 +396,9 @@ fn commit_floor(dir: &Path, size: usize) -> f64 {
 }
 
 fn reference(keys: usize, metric: &str) -> Option<&'static Reference> {
-    REFERENCE.iter().find(|r| r.keys == keys && r.metric == metric)
+    REFERENCE
+        .iter()
+        .find(|r| r.keys == keys && r.metric == metric)
 }
 
 fn range((lo, hi): (f64, f64)) -> String {
@@ -401,7 +432,11 @@ fn report(results: &[Size], runs: usize, changes: usize, before: Option<&Path>) 
     for size in results {
         let by = |label: &str| size.oneshot.runs.iter().find(|(l, _, _)| l == label);
         let watch_of = |label: &str| size.watch.iter().find(|(l, _)| l == label).map(|(_, w)| w);
-        let mut line = |metric: &str, now: Option<f64>, before: Option<f64>, floor: Option<String>, extra: &str| {
+        let mut line = |metric: &str,
+                        now: Option<f64>,
+                        before: Option<f64>,
+                        floor: Option<String>,
+                        extra: &str| {
             let r = reference(size.keys, metric).unwrap();
             let best = r.confd.0.min(r.remco.0);
             let mut goal = 0.5 * best;
@@ -431,8 +466,11 @@ fn report(results: &[Size], runs: usize, changes: usize, before: Option<&Path>) 
         let now = by("now").map(|(_, w, _)| summarize(w).median);
         let before_os = by("before").map(|(_, w, _)| summarize(w).median);
         let etcdctl = summarize(&size.oneshot.etcdctl).median;
-        let floor = (!size.oneshot.etcdctl.is_empty()).then(|| format!("{etcdctl:.1} (etcdctl get)"));
-        let peak = by("now").map(|(_, _, r)| summarize(r).median).unwrap_or(0.0);
+        let floor =
+            (!size.oneshot.etcdctl.is_empty()).then(|| format!("{etcdctl:.1} (etcdctl get)"));
+        let peak = by("now")
+            .map(|(_, _, r)| summarize(r).median)
+            .unwrap_or(0.0);
         line(
             "one-shot",
             now.filter(|_| size.oneshot.error.is_none()),
@@ -451,7 +489,9 @@ fn report(results: &[Size], runs: usize, changes: usize, before: Option<&Path>) 
                 summarize(&w.floor_commit).median
             )
         });
-        let p99 = now_w.and_then(lat).map_or(String::new(), |s| format!(" (p99 {:.1})", s.p99));
+        let p99 = now_w
+            .and_then(lat)
+            .map_or(String::new(), |s| format!(" (p99 {:.1})", s.p99));
         line(
             "watch latency",
             now_w.and_then(lat).map(|s| s.median),
@@ -479,7 +519,11 @@ fn report(results: &[Size], runs: usize, changes: usize, before: Option<&Path>) 
         }
         if let Some(e) = &size.oneshot.error {
             eprintln!("peers: {} keys, one-shot: {e}", size.keys);
-            md.push_str(&format!("\none-shot at {} keys failed: {}\n", size.keys, e.lines().next().unwrap_or_default()));
+            md.push_str(&format!(
+                "\none-shot at {} keys failed: {}\n",
+                size.keys,
+                e.lines().next().unwrap_or_default()
+            ));
         }
         for (label, w) in &size.watch {
             let s = summarize(&w.latency);
@@ -499,7 +543,10 @@ fn report(results: &[Size], runs: usize, changes: usize, before: Option<&Path>) 
         }
     }
     if let Some(b) = before {
-        md.push_str(&format!("\nBefore: `{}`, measured in the same run.\n", b.display()));
+        md.push_str(&format!(
+            "\nBefore: `{}`, measured in the same run.\n",
+            b.display()
+        ));
     }
     Section {
         name: "peers",
