@@ -271,6 +271,12 @@ impl Renderer {
     }
 }
 
+/// Frees the values this thread's last render built, which renders keep
+/// so that the caller can free them after handing on the output.
+pub fn free_render_values() {
+    functions::free_now();
+}
+
 /// A failed render: the engine's error, the reads and other texts recorded.
 type Failed = (tera::Error, Vec<KeyRead>, Vec<functions::Origin>);
 
