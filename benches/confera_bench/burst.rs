@@ -16,8 +16,8 @@ use crate::{Opts, Section};
 pub fn run(opts: &Opts) -> Section {
     let etcd = Etcd::start();
     let mut bins: Vec<(&str, PathBuf)> = vec![("confera", confera_bin())];
-    if let Some(before) = std::env::var_os("BENCH_BEFORE_BIN") {
-        bins.push(("before", PathBuf::from(before)));
+    if let Some(before) = before_bin() {
+        bins.push(("before", before));
     }
     let mut cases = Vec::new();
     let mut prefix = 0;

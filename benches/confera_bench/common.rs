@@ -552,6 +552,13 @@ pub fn confera_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_confera")))
 }
 
+/// The first binary of `BENCH_BEFORE_BIN` (paths separated by `:`), an
+/// older confera measured beside this one.
+pub fn before_bin() -> Option<PathBuf> {
+    let list = std::env::var("BENCH_BEFORE_BIN").ok()?;
+    list.split(':').find(|p| !p.is_empty()).map(PathBuf::from)
+}
+
 /// `confera` with a clean environment (no CONFERA_*, no RUST_LOG).
 pub fn confera() -> Command {
     confera_at(&confera_bin())

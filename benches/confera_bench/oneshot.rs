@@ -73,7 +73,7 @@ pub fn run(opts: &Opts) -> Section {
     };
     let sources =
         std::env::var("BENCH_ONESHOT_SOURCES").unwrap_or_else(|_| "json,etcd,yaml".into());
-    let before = std::env::var_os("BENCH_BEFORE_BIN").map(PathBuf::from);
+    let before = before_bin();
     let etcd = Etcd::start();
     let mut results = Vec::new();
     for src in [Src::Json, Src::Etcd] {

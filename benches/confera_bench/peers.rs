@@ -12,8 +12,10 @@
 //!
 //! Knobs (environment): `BENCH_PEERS_KEYS` (comma-separated sizes),
 //! `BENCH_PEERS_CHANGES` (changes per watcher), and `BENCH_BEFORE_BIN`:
-//! another confera binary measured in the same run (one-shots interleaved,
-//! watchers one after the other, order alternating per size).
+//! other confera binaries (paths separated by `:`; the first is the
+//! "before" column) measured in the same run (one-shots interleaved,
+//! watchers one after the other, order alternating per size), each also
+//! listed in a table of its own.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -108,7 +110,15 @@ pub fn run(opts: &Opts) -> Section {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(if opts.quick { 10 } else { 40 });
-    let before = std::env::var_os("BENCH_BEFORE_BIN").map(PathBuf::from);
+    let befores: Vec<PathBuf> = std::env::var("BENCH_BEFORE_BIN")
+        .map(|list| {
+            list.split(':')
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    let before = befores.first().cloned();
     let etcd = Etcd::start();
     let mut results = Vec::new();
     for (index, keys) in sizes().into_iter().enumerate() {
@@ -119,11 +129,16 @@ pub fn run(opts: &Opts) -> Section {
         etcd.delete_prefix(&format!("{PREFIX}/"));
         load(&etcd, &pairs);
         let mut bins: Vec<(String, PathBuf)> = vec![("now".into(), confera_bin())];
-        if let Some(b) = &before {
-            bins.push(("before".into(), b.clone()));
-            if index % 2 == 1 {
-                bins.reverse();
-            }
+        for (i, b) in befores.iter().enumerate() {
+            let label = if i == 0 {
+                "before".to_string()
+            } else {
+                b.display().to_string()
+            };
+            bins.push((label, b.clone()));
+        }
+        if index % 2 == 1 {
+            bins.reverse();
         }
         let oneshot = oneshot(&etcd, keys, &bins, runs);
         let mut watch = Vec::new();
@@ -547,6 +562,34 @@ fn report(results: &[Size], runs: usize, changes: usize, before: Option<&Path>) 
             "\nBefore: `{}`, measured in the same run.\n",
             b.display()
         ));
+    }
+    md.push_str(
+        "\nEvery binary of the run:\n\n\
+         | keys | binary | one-shot median (ms) | one-shot peak RSS (MB) | watch latency median / p99 (ms) | floor median (ms) | VmRSS / VmHWM (MB) |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for size in results {
+        for (label, wall, rss) in &size.oneshot.runs {
+            let w = size.watch.iter().find(|(l, _)| l == label).map(|(_, w)| w);
+            let (lat, floor, mem) = match w.filter(|w| w.error.is_none()) {
+                Some(w) => {
+                    let s = summarize(&w.latency);
+                    let f = summarize(&w.floor_watch).median + summarize(&w.floor_commit).median;
+                    (
+                        format!("{:.1} / {:.1}", s.median, s.p99),
+                        format!("{f:.1}"),
+                        format!("{:.1} / {:.1}", w.rss_mb, w.hwm_mb),
+                    )
+                }
+                None => ("failed".into(), "-".into(), "-".into()),
+            };
+            md.push_str(&format!(
+                "| {} | {label} | {:.1} | {:.1} | {lat} | {floor} | {mem} |\n",
+                size.keys,
+                summarize(wall).median,
+                summarize(rss).median,
+            ));
+        }
     }
     Section {
         name: "peers",
