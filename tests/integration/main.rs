@@ -10,6 +10,7 @@ mod calico;
 mod confd_compat;
 mod corpus;
 mod crash;
+mod deploy;
 mod drift;
 mod example;
 mod fabric_lab;

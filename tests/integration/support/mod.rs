@@ -11,5 +11,6 @@ pub mod cmd;
 pub mod confdir;
 pub mod daemon;
 pub mod etcd;
+pub mod manifest;
 pub mod netns;
 pub mod user;
