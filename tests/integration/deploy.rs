@@ -1,21 +1,32 @@
 //! The deployment recipes of `examples/deploy/` work as written: the
 //! Kubernetes manifest is valid against the API schema it names, BIRD's
 //! liveness probe really reaches a real BIRD's socket with the manifest's
-//! user, groups and capabilities, and a Docker build from the repository
-//! root sends exactly what the Dockerfile copies. Reads the recipes; never
-//! edits them.
+//! user, groups and capabilities, a Docker build from the repository root
+//! sends exactly what the Dockerfile copies, the packaged settings file
+//! holds only settings confera accepts, and the systemd unit's identity
+//! (root and four capabilities, or BIRD's user with the drop-in) is exactly
+//! what confera needs to write BIRD's files and reload BIRD. Reads the
+//! recipes; never edits them.
+//!
+//! What needs a brand-new Debian root (the package installing, and
+//! `systemd-analyze verify` on the units as installed, man page included)
+//! is in `scripts/check-package`: `systemd-analyze` checks the man page with
+//! the host's own `man`, so the unit can only be verified where the install
+//! steps really ran.
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
 use serde_yaml_ng::Value;
 
 use crate::support::bird::Bird;
-use crate::support::cmd::{run_cmd, Run};
-use crate::support::confdir::REPO;
+use crate::support::cmd::{confera, run_cmd, Run};
+use crate::support::confdir::{ConfDir, REPO};
 use crate::support::manifest::{after, container, pod_spec, sidecar_manifest, strings, SIDECAR};
+use crate::support::user::{open_for_traversal, TempUser};
 
 /// Debian's python, where python3-kubernetes is installed (a `python3`
 /// earlier in PATH, from pyenv say, would not have it).
@@ -235,4 +246,267 @@ fn a_docker_build_from_the_repository_root_sends_exactly_what_the_dockerfile_cop
             "the Dockerfile copies {path}, which does not exist"
         );
     }
+}
+
+// ----- the packaged settings file -----
+
+/// The resource `confera check` needs to get as far as the settings.
+fn minimal_confdir() -> ConfDir {
+    let dir = ConfDir::new();
+    dir.template("a.tera", "a\n").resource(
+        "a.toml",
+        "[template]\nsrc = \"a.tera\"\ndest = \"a.out\"\nkeys = [\"/a\"]\n",
+    );
+    dir
+}
+
+/// `confera check` with SETTINGS as its settings file. With a `username`,
+/// the password is in the environment, where the file says to keep it
+/// (`CONFERA_PASSWORD` in /etc/default/confera).
+fn check_with_settings(dir: &ConfDir, settings: &str) -> Run {
+    let file = dir.path().join("confera.toml");
+    fs::write(&file, settings).unwrap();
+    let mut cmd = confera();
+    cmd.args(["check", "--confdir", dir.arg(), "--config-file"])
+        .arg(&file);
+    if settings.lines().any(|l| l.starts_with("username = ")) {
+        cmd.env("CONFERA_PASSWORD", "not-a-secret");
+    }
+    run_cmd(cmd)
+}
+
+/// The settings a settings file shows commented out (`# key = value`), by
+/// paragraph (a blank line ends one), each turned on.
+fn commented_settings(text: &str) -> Vec<String> {
+    let is_setting = |line: &str| {
+        line.split_once(" = ").is_some_and(|(key, _)| {
+            !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        })
+    };
+    text.split("\n\n")
+        .map(|paragraph| {
+            paragraph
+                .lines()
+                .filter_map(|l| l.strip_prefix("# "))
+                .filter(|l| is_setting(l))
+                .map(|l| format!("{l}\n"))
+                .collect::<String>()
+        })
+        .filter(|settings| !settings.is_empty())
+        .collect()
+}
+
+#[test]
+fn the_packaged_confera_toml_is_accepted_as_shipped_and_with_each_paragraph_turned_on() {
+    let shipped = repo_file("examples/deploy/confera.toml");
+    let paragraphs = commented_settings(&shipped);
+    assert!(
+        paragraphs.len() >= 8,
+        "too few settings shown: {paragraphs:?}"
+    );
+    let dir = minimal_confdir();
+
+    check_with_settings(&dir, &shipped).assert_success();
+    for settings in &paragraphs {
+        let run = check_with_settings(&dir, settings);
+        assert_eq!(run.code, 0, "confera refuses\n{settings}\n{run}");
+    }
+}
+
+// ----- the systemd unit's identity -----
+
+/// The unit's `KEY=` value (the last one, as systemd reads it).
+fn unit_setting(unit: &str, key: &str) -> Option<String> {
+    let prefix = format!("{key}=");
+    unit.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .next_back()
+        .map(str::to_owned)
+}
+
+/// A host set up as Debian's bird2 sets it up, with a throwaway user in the
+/// place of `bird`: /etc/bird is the user's (0750) and holds a file of
+/// theirs (0640), included by a real BIRD that runs as the user (its control
+/// socket, 0660, and its pid file are the user's). Two resources write
+/// /etc/bird: `fabric` into the user's file, reloaded over the socket, and
+/// `signal` into a new file, reloaded by SIGHUP through BIRD's pid file.
+struct BirdHost {
+    confdir: ConfDir,
+    etc_bird: std::path::PathBuf,
+    bird: Bird,
+    // Last: BIRD, running as the user, stops before the user is removed.
+    user: TempUser,
+}
+
+impl BirdHost {
+    fn new() -> BirdHost {
+        let user = TempUser::create();
+        let confdir = ConfDir::new();
+        // The user (and BIRD as the user) reaches /etc/bird inside it.
+        open_for_traversal(confdir.path());
+        let etc_bird = confdir.path().join("etc-bird");
+        fs::create_dir(&etc_bird).unwrap();
+        chown(&etc_bird, Some(user.uid), Some(user.gid)).unwrap();
+        fs::set_permissions(&etc_bird, fs::Permissions::from_mode(0o750)).unwrap();
+        reset_destinations(&etc_bird, &user);
+        let fabric = etc_bird.join("fabric.conf");
+        let bird = Bird::start_as(
+            &format!(
+                "router id 10.0.0.1;\nprotocol device {{}}\ninclude \"{}\";\n",
+                fabric.display()
+            ),
+            user.uid,
+            user.gid,
+        );
+        confdir
+            .file("data.yaml", "fabric: {asn: 64512}\n")
+            .template(
+                "fabric.conf.tera",
+                "protocol static fabric_static { ipv4; route 10.99.0.0/24 blackhole; }\n",
+            )
+            .template("signal.conf.tera", "# reloaded by SIGHUP\n")
+            .resource(
+                "fabric",
+                &format!(
+                    "[template]\nsrc = \"fabric.conf.tera\"\ndest = \"{}\"\nkeys = [\"/fabric\"]\nbird_socket = \"{}\"\n",
+                    fabric.display(),
+                    bird.socket.display()
+                ),
+            )
+            .resource(
+                "signal",
+                &format!(
+                    "[template]\nsrc = \"signal.conf.tera\"\ndest = \"{}\"\nkeys = [\"/fabric\"]\nreload_signal = \"SIGHUP\"\npid_file = \"{}\"\n",
+                    etc_bird.join("signal.conf").display(),
+                    bird.pid_file.display()
+                ),
+            );
+        BirdHost {
+            confdir,
+            etc_bird,
+            bird,
+            user,
+        }
+    }
+
+    /// `confera --onetime` over this host's resources, started by `setpriv`
+    /// with OPTIONS (identity, capabilities), from the destinations as they
+    /// were before any render.
+    fn render_with(&self, options: &[String]) -> Run {
+        reset_destinations(&self.etc_bird, &self.user);
+        let base = confera();
+        let mut cmd = Command::new("setpriv");
+        cmd.args(options)
+            .arg(base.get_program())
+            .args([
+                "--confdir",
+                self.confdir.arg(),
+                "--backend",
+                "file",
+                "--file",
+            ])
+            .arg(self.confdir.path().join("data.yaml"))
+            .arg("--onetime")
+            .stdin(std::process::Stdio::null());
+        for (key, value) in base.get_envs() {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
+        }
+        run_cmd(cmd)
+    }
+}
+
+/// /etc/bird before confera: the user's fabric.conf (0640), no signal.conf.
+fn reset_destinations(etc_bird: &Path, user: &TempUser) {
+    let fabric = etc_bird.join("fabric.conf");
+    fs::write(&fabric, "# nothing yet\n").unwrap();
+    chown(&fabric, Some(user.uid), Some(user.gid)).unwrap();
+    fs::set_permissions(&fabric, fs::Permissions::from_mode(0o640)).unwrap();
+    let _ = fs::remove_file(etc_bird.join("signal.conf"));
+}
+
+/// `setpriv` options for root bounded to CAPS (systemd's names), with no new
+/// privileges, as the unit runs confera.
+fn as_root_with(caps: &[String]) -> Vec<String> {
+    let set = capability_set(caps);
+    vec![
+        "--reuid=0".into(),
+        "--regid=0".into(),
+        "--clear-groups".into(),
+        format!("--inh-caps={set}"),
+        format!("--bounding-set={set}"),
+        "--no-new-privs".into(),
+    ]
+}
+
+#[test]
+fn the_units_capabilities_are_exactly_what_root_needs_to_write_birds_files_and_reload_bird() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test runs confera as root with the unit's capabilities (CI runs as root)"
+    );
+    let unit = repo_file("examples/deploy/confera.service");
+    assert_eq!(unit_setting(&unit, "User").as_deref(), Some("root"));
+    assert_eq!(
+        unit_setting(&unit, "NoNewPrivileges").as_deref(),
+        Some("yes")
+    );
+    let caps: Vec<String> = unit_setting(&unit, "CapabilityBoundingSet")
+        .expect("the unit sets CapabilityBoundingSet=")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let host = BirdHost::new();
+
+    // With the unit's set: both files written, the user's file still the
+    // user's (0640), BIRD reloaded over its socket and by SIGHUP.
+    let run = host.render_with(&as_root_with(&caps));
+    run.assert_success();
+    let fabric = fs::metadata(host.etc_bird.join("fabric.conf")).unwrap();
+    assert_eq!((fabric.uid(), fabric.gid()), (host.user.uid, host.user.gid));
+    assert_eq!(fabric.mode() & 0o7777, 0o640);
+    host.bird.wait_for("fabric_static in show protocols", |b| {
+        b.protocols().contains("fabric_static")
+    });
+
+    // Without any one of them, a write or a reload fails (exit 1, logged).
+    for missing in &caps {
+        let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
+        let run = host.render_with(&as_root_with(&fewer));
+        assert!(
+            run.code == 1 && run.stderr.contains(" ERROR "),
+            "without {missing} confera still wrote and reloaded everything: the unit's \
+             CapabilityBoundingSet= holds a capability nothing needs\n{run}"
+        );
+    }
+}
+
+#[test]
+fn with_the_run_as_bird_drop_in_confera_needs_no_capability() {
+    let drop_in = repo_file("examples/deploy/run-as-bird.conf");
+    assert_eq!(unit_setting(&drop_in, "User").as_deref(), Some("bird"));
+    assert_eq!(unit_setting(&drop_in, "Group").as_deref(), Some("bird"));
+    assert_eq!(
+        unit_setting(&drop_in, "CapabilityBoundingSet").as_deref(),
+        Some("")
+    );
+    let host = BirdHost::new();
+
+    // BIRD's user (the throwaway user here), no capability at all.
+    let run = host.render_with(&[
+        format!("--reuid={}", host.user.uid),
+        format!("--regid={}", host.user.gid),
+        "--clear-groups".into(),
+        format!("--inh-caps={}", capability_set(&[])),
+        format!("--bounding-set={}", capability_set(&[])),
+        "--no-new-privs".into(),
+    ]);
+
+    run.assert_success();
+    assert!(host.etc_bird.join("signal.conf").exists());
+    host.bird.wait_for("fabric_static in show protocols", |b| {
+        b.protocols().contains("fabric_static")
+    });
 }
