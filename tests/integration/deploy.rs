@@ -1,5 +1,5 @@
 //! The deployment recipes of `examples/deploy/` work as written: the
-//! Kubernetes manifest is valid against the API schema it names, BIRD's
+//! Kubernetes manifests are valid against the API schema they name, BIRD's
 //! liveness probe really reaches a real BIRD's socket with the manifest's
 //! user, groups and capabilities, a Docker build from the repository root
 //! sends what the Dockerfiles copy and not the build output, the packaged
@@ -37,12 +37,13 @@ fn repo_file(relpath: &str) -> String {
         .unwrap_or_else(|e| panic!("read {relpath}: {e}"))
 }
 
-/// `k8s_schema.py FILE` (tests/integration/support): every document of FILE
-/// built into the Kubernetes client's model of its apiVersion and kind.
-fn validate_manifest(file: &Path) -> Run {
+/// `k8s_schema.py FILES` (tests/integration/support): every document of
+/// each file built into the Kubernetes client's model of its apiVersion and
+/// kind.
+fn validate_manifests(files: &[std::path::PathBuf]) -> Run {
     let mut cmd = Command::new(PYTHON);
     cmd.arg(Path::new(REPO).join("tests/integration/support/k8s_schema.py"))
-        .arg(file);
+        .args(files);
     let run = run_cmd(cmd);
     assert!(
         !run.stdout.contains("No module named") && !run.stderr.contains("No module named"),
@@ -51,9 +52,53 @@ fn validate_manifest(file: &Path) -> Run {
     run
 }
 
+/// Every file under DIR (recursively) whose name ends with one of EXTENSIONS.
+fn files_under(dir: &Path, extensions: &[&str], found: &mut Vec<std::path::PathBuf>) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files_under(&path, extensions, found);
+        } else if extensions
+            .iter()
+            .any(|ext| path.to_string_lossy().ends_with(ext))
+        {
+            found.push(path);
+        }
+    }
+}
+
+/// The YAML files under examples/ that are Kubernetes manifests: a document
+/// with an apiVersion and a kind.
+fn kubernetes_manifests() -> Vec<std::path::PathBuf> {
+    use serde::Deserialize;
+    let mut yaml = Vec::new();
+    files_under(
+        &Path::new(REPO).join("examples"),
+        &[".yaml", ".yml"],
+        &mut yaml,
+    );
+    yaml.sort();
+    yaml.into_iter()
+        .filter(|file| {
+            let text = fs::read_to_string(file).unwrap();
+            let is_manifest = serde_yaml_ng::Deserializer::from_str(&text).any(|doc| {
+                Value::deserialize(doc)
+                    .is_ok_and(|d| d["apiVersion"].is_string() && d["kind"].is_string())
+            });
+            is_manifest
+        })
+        .collect()
+}
+
 #[test]
-fn the_sidecar_manifest_is_valid_against_the_kubernetes_api_schema_it_names() {
-    let run = validate_manifest(&Path::new(REPO).join(SIDECAR));
+fn every_kubernetes_manifest_in_examples_is_valid_against_the_api_schema_it_names() {
+    let manifests = kubernetes_manifests();
+    assert!(
+        manifests.contains(&Path::new(REPO).join(SIDECAR)),
+        "{SIDECAR} is not found as a manifest: {manifests:?}"
+    );
+
+    let run = validate_manifests(&manifests);
 
     run.assert_success();
     for valid in [
@@ -78,7 +123,7 @@ fn the_schema_check_refuses_a_field_where_the_api_has_none() {
     let file = dir.path().join("bird-sidecar.yaml");
     fs::write(&file, manifest).unwrap();
 
-    let run = validate_manifest(&file);
+    let run = validate_manifests(&[file]);
 
     run.assert_code(1).assert_stdout_contains(
         "initContainers[0].securityContext: unknown field 'supplementalGroups' in V1SecurityContext",
@@ -191,18 +236,12 @@ fn birds_liveness_probe_reaches_birds_socket_with_the_manifests_user_groups_and_
 
 /// Every Dockerfile under examples/, each built from the repository root.
 fn dockerfiles() -> Vec<std::path::PathBuf> {
-    fn walk(dir: &Path, found: &mut Vec<std::path::PathBuf>) {
-        for entry in fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(&path, found);
-            } else if path.file_name().is_some_and(|n| n == "Dockerfile") {
-                found.push(path);
-            }
-        }
-    }
     let mut found = Vec::new();
-    walk(&Path::new(REPO).join("examples"), &mut found);
+    files_under(
+        &Path::new(REPO).join("examples"),
+        &["/Dockerfile"],
+        &mut found,
+    );
     found.sort();
     found
 }
