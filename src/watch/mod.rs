@@ -39,6 +39,7 @@ use crate::settings::{Mode, Settings};
 use crate::source::etcd::{Change, WatchEvent};
 use crate::source::{self, env, file};
 use crate::store::Store;
+use crate::telemetry::status::HistoryChange;
 use crate::telemetry::Telemetry;
 use crate::RunStatus;
 use debounce::after;
@@ -392,16 +393,7 @@ impl Daemon<'_> {
         match result {
             Ok(connected) => {
                 if let Some(change) = connected.history {
-                    tracing::warn!(
-                        old_revision = change.old_revision,
-                        new_revision = change.new_revision,
-                        old_cluster = %format!("{:x}", change.old_cluster),
-                        new_cluster = %format!("{:x}", change.new_cluster),
-                        reason = %change.reason,
-                        "etcd history was rewritten; replacing the store with a fresh snapshot"
-                    );
-                    metrics.history_change(self.settings.backend.label());
-                    status.history_changed(change);
+                    self.history_changed(change);
                 }
                 if let Some((prefixes, fresh)) = connected.snapshot {
                     let revision = fresh.revision();
@@ -463,18 +455,7 @@ impl Daemon<'_> {
                 metrics.keys(store.len());
                 self.touch(&changed, false);
             }
-            Delivery::HistoryChanged(change) => {
-                tracing::warn!(
-                    old_revision = change.old_revision,
-                    new_revision = change.new_revision,
-                    old_cluster = %format!("{:x}", change.old_cluster),
-                    new_cluster = %format!("{:x}", change.new_cluster),
-                    reason = %change.reason,
-                    "etcd history was rewritten; taking a fresh snapshot"
-                );
-                metrics.history_change(backend);
-                self.telemetry.status.history_changed(change);
-            }
+            Delivery::HistoryChanged(change) => self.history_changed(change),
             Delivery::Lost { reason, compacted } => {
                 metrics.watch_restart(backend);
                 metrics.backend_up(backend, false);
@@ -530,6 +511,22 @@ impl Daemon<'_> {
     }
 
     /// Schedules every unit that reads one of `keys`.
+    /// Reports a rewritten etcd history (the link takes the fresh snapshot).
+    fn history_changed(&self, change: HistoryChange) {
+        tracing::warn!(
+            old_revision = change.old_revision,
+            new_revision = change.new_revision,
+            old_cluster = %format!("{:x}", change.old_cluster),
+            new_cluster = %format!("{:x}", change.new_cluster),
+            reason = %change.reason,
+            "etcd history was rewritten; replacing the store with a fresh snapshot"
+        );
+        self.telemetry
+            .metrics
+            .history_change(self.settings.backend.label());
+        self.telemetry.status.history_changed(change);
+    }
+
     fn touch(&mut self, keys: &[String], immediately: bool) {
         if keys.is_empty() {
             return;

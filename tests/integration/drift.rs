@@ -233,6 +233,14 @@ fn with_interval_the_periodic_comparison_catches_drift_that_no_event_reports() {
     fs::hard_link(site.dest("app"), &alias).unwrap();
     // Every event of the first commit and of the link is handled by now.
     assert!(confera.wait_for_log("periodic resync", DEADLINE));
+    // "periodic resync" is logged as a comparison starts: edit only once the
+    // next one has started and had time to finish (they are 1 s apart), so
+    // the comparison that finds the edit is one logged after it.
+    let seen = confera.log_count("periodic resync");
+    assert!(wait_until(DEADLINE, || confera
+        .log_count("periodic resync")
+        > seen));
+    std::thread::sleep(Duration::from_millis(300));
     let resyncs_before = confera.log_count("periodic resync");
 
     fs::write(&alias, "edited through a link\n").unwrap();

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::support::cmd::{confera, run, run_cmd, Run};
 use crate::support::confdir::{copy_of_repo, REPO};
+use crate::support::manifest::{after, container, manifest_object, sidecar_manifest, strings};
 
 /// What the README's first command reads in a clone: the settings file
 /// (file backend, examples/cluster.yaml), the resource, the templates, the
@@ -510,65 +511,12 @@ fn the_binary_reports_its_name_and_version() {
 
 // ----- examples/deploy -----
 
-const SIDECAR: &str = "examples/deploy/bird-sidecar.yaml";
-
-/// The documents of the Kubernetes manifest.
-fn sidecar_manifest() -> Vec<serde_yaml_ng::Value> {
-    use serde::Deserialize;
-    let text = fs::read_to_string(Path::new(REPO).join(SIDECAR)).unwrap();
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|doc| serde_yaml_ng::Value::deserialize(doc).expect("a valid YAML document"))
-        .filter(|doc| !doc.is_null())
-        .collect()
-}
-
-fn manifest_object<'a>(docs: &'a [serde_yaml_ng::Value], kind: &str) -> &'a serde_yaml_ng::Value {
-    docs.iter()
-        .find(|d| d["kind"].as_str() == Some(kind))
-        .unwrap_or_else(|| panic!("{SIDECAR} has no {kind}"))
-}
-
 /// The sidecar's conf.d/bird.toml, from its ConfigMap.
 fn sidecar_resource(docs: &[serde_yaml_ng::Value]) -> String {
     manifest_object(docs, "ConfigMap")["data"]["bird.toml"]
         .as_str()
         .expect("the ConfigMap holds bird.toml")
         .to_owned()
-}
-
-fn container<'a>(
-    pod: &'a serde_yaml_ng::Value,
-    list: &str,
-    name: &str,
-) -> &'a serde_yaml_ng::Value {
-    pod[list]
-        .as_sequence()
-        .and_then(|cs| cs.iter().find(|c| c["name"].as_str() == Some(name)))
-        .unwrap_or_else(|| panic!("the pod has no {list} entry {name}"))
-}
-
-fn strings(value: &serde_yaml_ng::Value) -> Vec<String> {
-    value
-        .as_sequence()
-        .map(|items| {
-            items
-                .iter()
-                .map(|v| match v {
-                    serde_yaml_ng::Value::Number(n) => n.to_string(),
-                    other => other.as_str().expect("a string").to_owned(),
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The argument after `flag` in `args`.
-fn after<'a>(args: &'a [String], flag: &str) -> &'a str {
-    let at = args
-        .iter()
-        .position(|a| a == flag)
-        .unwrap_or_else(|| panic!("{flag} missing from {args:?}"));
-    &args[at + 1]
 }
 
 /// Where a container mounts the volume named `volume`.

@@ -11,6 +11,7 @@ mod cli;
 mod confd_compat;
 mod corpus;
 mod crash;
+mod deploy;
 mod drift;
 mod dry_run;
 mod etcd_keys;

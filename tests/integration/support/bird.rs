@@ -49,17 +49,32 @@ impl Bird {
     /// Start BIRD on an existing config file, so that its includes resolve
     /// relative to it. The `log` line is prepended to the file if missing.
     pub fn with_config_path(dir: TempDir, config: PathBuf) -> Bird {
-        Bird::spawn(dir, config, None)
+        Bird::spawn(dir, config, None, None)
+    }
+
+    /// Like [`Bird::start`], but BIRD drops to `uid`/`gid` after start-up
+    /// (`-u UID -g GID`), as a deployment runs it: the control socket is
+    /// then given to that user. The temp dir is world-writable, as an
+    /// `emptyDir` volume is, since BIRD writes its log and pid file there
+    /// once it is that user.
+    pub fn start_as(config_text: &str, uid: u32, gid: u32) -> Bird {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("create temp dir for BIRD");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777))
+            .expect("make BIRD's temp dir world-writable");
+        let config = dir.path().join("bird.conf");
+        fs::write(&config, with_log_line(dir.path(), config_text)).expect("write bird.conf");
+        Bird::spawn(dir, config, None, Some((uid, gid)))
     }
 
     /// Like [`Bird::with_config_path`], but BIRD runs in the network
     /// namespace `netns` (`ip netns exec`, which execs BIRD in place, so the
     /// child's pid is BIRD's). The control socket stays in `dir`.
     pub fn in_netns(netns: &str, dir: TempDir, config: PathBuf) -> Bird {
-        Bird::spawn(dir, config, Some(netns))
+        Bird::spawn(dir, config, Some(netns), None)
     }
 
-    fn spawn(dir: TempDir, config: PathBuf, netns: Option<&str>) -> Bird {
+    fn spawn(dir: TempDir, config: PathBuf, netns: Option<&str>, user: Option<(u32, u32)>) -> Bird {
         let text = fs::read_to_string(&config)
             .unwrap_or_else(|e| panic!("read {}: {e}", config.display()));
         if !text.contains(&log_line(dir.path())) {
@@ -77,6 +92,9 @@ impl Bird {
             }
             None => Command::new("bird"),
         };
+        if let Some((uid, gid)) = user {
+            command.args(["-u", &uid.to_string(), "-g", &gid.to_string()]);
+        }
         let child = command
             .arg("-f")
             .arg("-c")

@@ -11,6 +11,7 @@ pub mod cmd;
 pub mod confdir;
 pub mod daemon;
 pub mod etcd;
+pub mod manifest;
 pub mod netns;
 pub mod relay;
 pub mod user;
