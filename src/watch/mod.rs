@@ -268,6 +268,9 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
 
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
+        // Already due (an isolated change): no timer, whose millisecond
+        // ticks would add up to two milliseconds to every change.
+        Some(d) if d <= Instant::now() => {}
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
     }
