@@ -43,8 +43,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// A debounce window: render after `min` of quiet, at the latest `max` after
-/// the first change of a burst.
+/// A coalescing window (`--wait MIN:MAX`): coalesced changes render after
+/// `min` of quiet, at the latest `max` after the first of them; how an
+/// isolated change waits is the [`WaitMode`](crate::watch::debounce::WaitMode)'s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Wait {
     pub min: Duration,
