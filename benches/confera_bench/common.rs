@@ -680,3 +680,19 @@ pub fn loadavg() -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// Comma-separated numbers from environment variable NAME, or DEFAULT.
+pub fn sizes_from_env(name: &str, default: &[usize]) -> Vec<usize> {
+    match std::env::var(name) {
+        Ok(text) => text
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .replace('_', "")
+                    .parse()
+                    .expect("a size list such as 1000,20000")
+            })
+            .collect(),
+        Err(_) => default.to_vec(),
+    }
+}

@@ -43,22 +43,6 @@ impl Src {
     }
 }
 
-/// Comma-separated numbers from environment variable NAME, or DEFAULT.
-fn sizes_from_env(name: &str, default: &[usize]) -> Vec<usize> {
-    match std::env::var(name) {
-        Ok(text) => text
-            .split(',')
-            .map(|n| {
-                n.trim()
-                    .replace('_', "")
-                    .parse()
-                    .expect("a size list such as 1000,20000")
-            })
-            .collect(),
-        Err(_) => default.to_vec(),
-    }
-}
-
 pub fn run(opts: &Opts) -> Section {
     let runs = if opts.quick { 3 } else { 7 };
     let sizes = if opts.quick {

@@ -90,18 +90,7 @@ const REFERENCE: &[Reference] = &[
 ];
 
 fn sizes() -> Vec<usize> {
-    match std::env::var("BENCH_PEERS_KEYS") {
-        Ok(text) => text
-            .split(',')
-            .map(|n| {
-                n.trim()
-                    .replace('_', "")
-                    .parse()
-                    .expect("sizes such as 2000,20000")
-            })
-            .collect(),
-        Err(_) => vec![2_000, 20_000],
-    }
+    sizes_from_env("BENCH_PEERS_KEYS", &[2_000, 20_000])
 }
 
 pub fn run(opts: &Opts) -> Section {

@@ -145,7 +145,7 @@ impl Owed {
 }
 
 /// One record per confdir: `/etc/confera` gives `owed-reloads-etc-confera.json`.
-fn file_name(confdir: &Path) -> String {
+pub fn file_name(confdir: &Path) -> String {
     let escaped: String = confdir
         .to_string_lossy()
         .trim_matches('/')

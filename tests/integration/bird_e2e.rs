@@ -175,11 +175,7 @@ impl Fabric {
 
     #[track_caller]
     fn wait_for_log(&self, fragment: &str) {
-        assert!(
-            self.confera.wait_for_log(fragment, DEADLINE),
-            "confera did not log {fragment:?} within {DEADLINE:?}\n--- confera\n{}",
-            self.confera.log()
-        );
+        self.confera.expect_log(fragment, DEADLINE);
     }
 
     /// Waits until confera has logged `fragment` at least `n` times.
@@ -217,12 +213,7 @@ impl Fabric {
     /// Asserts that no staging directory is left beside the destinations.
     #[track_caller]
     fn assert_no_stage_left(&self) {
-        let left: Vec<String> = fs::read_dir(self.dir())
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|name| name.starts_with(".confera-stage-"))
-            .collect();
+        let left = crate::support::confdir::stage_entries(self.dir());
         assert!(left.is_empty(), "staging directories left behind: {left:?}");
     }
 }

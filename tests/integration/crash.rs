@@ -3,6 +3,7 @@
 //! must only ever see a complete old or a complete new file, and a clean
 //! start afterwards must converge and leave no staging directory behind.
 
+use crate::support::confdir::stage_entries;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::ErrorKind;
@@ -130,14 +131,6 @@ fn read_continuously(dest: &Path, stop: &AtomicBool, observed: &Mutex<Observed>)
     *observed.lock().unwrap() = local;
 }
 
-fn stage_dirs(dir: &Path) -> Vec<String> {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with(".confera-stage-"))
-        .collect()
-}
-
 #[test]
 fn sigkill_at_random_moments_never_leaves_a_torn_or_missing_destination() {
     let started = Instant::now();
@@ -192,11 +185,11 @@ fn sigkill_at_random_moments_never_leaves_a_torn_or_missing_destination() {
             drop(confera); // SIGKILL, then reaped
             kills += 1;
             // Caught mid-stage: the next start must clean these up.
-            stale_after_kills += stage_dirs(dest.parent().unwrap()).len();
+            stale_after_kills += stage_entries(dest.parent().unwrap()).len();
         }
         stop_writer.store(true, Ordering::SeqCst);
         writer.join().expect("the writer thread");
-        stale_before_clean_start = stage_dirs(dest.parent().unwrap()).len();
+        stale_before_clean_start = stage_entries(dest.parent().unwrap()).len();
         if stale_before_clean_start == 0 {
             // The last kill happened outside a stage: leave what a kill
             // mid-stage leaves (a half-written file in a staging directory
@@ -226,7 +219,7 @@ fn sigkill_at_random_moments_never_leaves_a_torn_or_missing_destination() {
     });
 
     let observed = observed.into_inner().unwrap();
-    let left = stage_dirs(dest.parent().unwrap());
+    let left = stage_entries(dest.parent().unwrap());
     println!(
         "kills: {kills}, reads checked: {}, versions seen: {} of {} written, \
          staging dirs left by kills: {stale_after_kills} \
@@ -296,23 +289,7 @@ fn owed_site(etcd: &Etcd) -> crate::watch::Site {
 /// Where confera records the reloads it owes for SITE: the test fixtures
 /// point `STATE_DIRECTORY` at a scratch directory; one file per confdir.
 fn owed_record(site: &crate::watch::Site) -> std::path::PathBuf {
-    let escaped: String = site
-        .dir
-        .path()
-        .to_string_lossy()
-        .trim_matches('/')
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    std::env::temp_dir()
-        .join("confera-test-state")
-        .join(format!("owed-reloads-{escaped}.json"))
+    crate::support::cmd::state_dir().join(confera::watch::owed::file_name(site.dir.path()))
 }
 
 fn revive(site: &crate::watch::Site) -> crate::support::daemon::HupDaemon {

@@ -145,11 +145,7 @@ impl ExecBird {
 
     #[track_caller]
     fn wait_for_log(&self, fragment: &str) {
-        assert!(
-            self.confera.wait_for_log(fragment, DEADLINE),
-            "confera did not log {fragment:?} within {DEADLINE:?}\n--- confera\n{}",
-            self.confera.log()
-        );
+        self.confera.expect_log(fragment, DEADLINE);
     }
 
     fn metric(&self, name: &str) -> f64 {

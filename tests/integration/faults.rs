@@ -6,6 +6,7 @@
 //! and the cause) and what must hold on disk (the old file intact, no staging
 //! leftovers, the other units written).
 
+use crate::support::confdir::stage_entries;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -62,15 +63,6 @@ impl Setup {
             "--onetime",
         ])
     }
-}
-
-/// Entries of DIR whose names start with `.confera-stage-`.
-fn stage_dirs(dir: &Path) -> Vec<String> {
-    fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with(".confera-stage-"))
-        .collect()
 }
 
 /// A tmpfs of a given size mounted on a fresh temp dir, unmounted on Drop.
@@ -333,7 +325,7 @@ fn a_full_filesystem_is_reported_as_enospc_and_leaves_the_old_file_and_no_stage(
         .assert_stderr_contains(&tmpfs.path().display().to_string())
         .assert_stderr_contains("No space left on device");
     assert_eq!(fs::read_to_string(&dest).unwrap(), "name = old\n");
-    assert_eq!(stage_dirs(tmpfs.path()), Vec::<String>::new());
+    assert_eq!(stage_entries(tmpfs.path()), Vec::<String>::new());
     assert!(
         fs::read_to_string(&other).unwrap().len() > 200 * 1024,
         "{run}"
@@ -395,7 +387,7 @@ fn a_bind_mounted_destination_is_written_in_place_because_rename_cannot_replace_
         .assert_stderr_contains("method=InPlace");
     assert_eq!(fs::read_to_string(&dest).unwrap(), "name = new\n");
     assert_eq!(fs::read_to_string(&host_file).unwrap(), "name = new\n");
-    assert_eq!(stage_dirs(dest.parent().unwrap()), Vec::<String>::new());
+    assert_eq!(stage_entries(dest.parent().unwrap()), Vec::<String>::new());
 }
 
 // ----- commands -----
@@ -431,7 +423,7 @@ fn a_check_that_never_exits_is_killed_with_its_process_group() {
     );
     hang.assert_whole_group_killed();
     assert_eq!(fs::read_to_string(&dest).unwrap(), "name = old\n");
-    assert_eq!(stage_dirs(dest.parent().unwrap()), Vec::<String>::new());
+    assert_eq!(stage_entries(dest.parent().unwrap()), Vec::<String>::new());
     assert_eq!(fs::read_to_string(&other).unwrap(), "name = new\n", "{run}");
 }
 

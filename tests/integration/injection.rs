@@ -226,11 +226,6 @@ fn render_file_backend_sync_only(dir: &ConfDir) -> Run {
 
 #[track_caller]
 fn assert_no_stage_left(dir: &Path) {
-    let left: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with(".confera-stage-"))
-        .collect();
+    let left = crate::support::confdir::stage_entries(dir);
     assert!(left.is_empty(), "staging directories left behind: {left:?}");
 }

@@ -2,6 +2,7 @@
 //! good), 1 (a unit or reload failed) or 2 (configuration error). Each test
 //! is the built binary against real etcd, files, processes and signals.
 
+use crate::support::confdir::stage_entries;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -73,15 +74,6 @@ fn mode_of(path: &Path) -> u32 {
         .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
         .mode()
         & 0o7777
-}
-
-/// Names in DIR that are confera staging directories.
-fn stage_dirs(dir: &Path) -> Vec<String> {
-    fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".confera-stage-"))
-        .collect()
 }
 
 fn signals_sent(run: &Run) -> usize {
@@ -262,7 +254,10 @@ fn a_failing_check_cmd_leaves_the_destination_and_sends_no_sighup() {
     r.assert_code(1).assert_stderr_contains("check failed");
     assert_eq!(signals_sent(&r), 0, "{r}");
     assert_eq!(conf.read("out/app.conf"), "OLD\n");
-    assert_eq!(stage_dirs(&conf.path().join("out")), Vec::<String>::new());
+    assert_eq!(
+        stage_entries(&conf.path().join("out")),
+        Vec::<String>::new()
+    );
     assert_eq!(daemon.hups(), 0);
 }
 
@@ -452,7 +447,10 @@ fn noop_writes_nothing_and_sends_no_signal() {
         !conf.exists("out/b.conf"),
         "a missing destination stays missing"
     );
-    assert_eq!(stage_dirs(&conf.path().join("out")), Vec::<String>::new());
+    assert_eq!(
+        stage_entries(&conf.path().join("out")),
+        Vec::<String>::new()
+    );
     assert_eq!(signals_sent(&r), 0, "{r}");
     assert_eq!(r.stdout, "", "without --diff nothing goes to stdout");
     assert_eq!(daemon.hups(), 0);
@@ -540,7 +538,10 @@ fn with_follow_symlink_a_symlinked_destination_stays_a_symlink_and_its_target_is
         .file_type()
         .is_symlink());
     assert_eq!(conf.read("real/target.conf"), "new\n");
-    assert_eq!(stage_dirs(&conf.path().join("real")), Vec::<String>::new());
+    assert_eq!(
+        stage_entries(&conf.path().join("real")),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
@@ -594,11 +595,11 @@ fn keep_stage_file_leaves_the_staging_directory_and_a_normal_run_leaves_none() {
     let out = conf.path().join("out");
 
     onetime_files(&conf, &["data.yaml"], &[]).assert_success();
-    assert_eq!(stage_dirs(&out), Vec::<String>::new());
+    assert_eq!(stage_entries(&out), Vec::<String>::new());
 
     conf.file("data.yaml", "app:\n  v: newer\n");
     onetime_files(&conf, &["data.yaml"], &["--keep-stage-file"]).assert_success();
-    let kept = stage_dirs(&out);
+    let kept = stage_entries(&out);
     assert_eq!(kept.len(), 1, "{kept:?}");
     assert!(kept[0].starts_with(".confera-stage-app-"), "{kept:?}");
     assert_eq!(conf.read("out/app.conf"), "newer\n");
@@ -627,7 +628,7 @@ fn stale_staging_directories_of_dead_processes_are_removed_at_start() {
 
     onetime_files(&conf, &["data.yaml"], &[]).assert_success();
 
-    let mut left = stage_dirs(&conf.path().join("out"));
+    let mut left = stage_entries(&conf.path().join("out"));
     left.sort();
     let mut want = vec![live, other.to_string()];
     want.sort();

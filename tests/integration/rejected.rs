@@ -124,11 +124,7 @@ impl Site {
 
     #[track_caller]
     fn wait_for_log(&self, fragment: &str) {
-        assert!(
-            self.confera.wait_for_log(fragment, DEADLINE),
-            "confera did not log {fragment:?} within {DEADLINE:?}\n--- confera\n{}",
-            self.confera.log()
-        );
+        self.confera.expect_log(fragment, DEADLINE);
     }
 
     fn files(&self) -> (Vec<u8>, Vec<u8>) {

@@ -179,10 +179,7 @@ pub(crate) fn barrier(confera: &Daemon, change: impl FnOnce()) {
 
 #[track_caller]
 fn wait_for_log(confera: &Daemon, fragment: &str) {
-    assert!(
-        confera.wait_for_log(fragment, DEADLINE),
-        "confera did not log {fragment:?} within {DEADLINE:?}"
-    );
+    confera.expect_log(fragment, DEADLINE);
 }
 
 /// Starts etcd with /app/greeting=hello, and confera watching it with one
@@ -295,16 +292,54 @@ fn only_the_units_whose_keys_changed_are_rendered() {
 
 #[test]
 fn a_burst_of_300_puts_is_coalesced_into_a_few_commits_showing_the_final_data() {
+    let burst = burst_of_300_puts(Some("100ms:2s"));
+    assert!(
+        (1..=5).contains(&burst.commits),
+        "{} commits for the burst",
+        burst.commits
+    );
+    assert!(
+        (1..=5).contains(&burst.hups),
+        "{} SIGHUPs for the burst",
+        burst.hups
+    );
+}
+
+/// What a burst of 300 puts gave: commits and SIGHUPs after the start-up
+/// render, and how long the puts took.
+struct Burst {
+    commits: usize,
+    hups: usize,
+    took: Duration,
+}
+
+/// confera watching a unit that lists `/app/peers/*` (with `--wait WAIT`,
+/// or the defaults), then 300 puts of 100 keys from 10 writers, as fast as
+/// etcd takes them (well under half a second); each key ends at v2. Returns
+/// once the file shows the final data.
+fn burst_of_300_puts(wait: Option<&str>) -> Burst {
     let etcd = Etcd::start();
     let site = Site::new();
     site.unit("app", &["/app"], PEERS, "");
     etcd.put("/app/peers/start", "0");
-    let confera = site.watch_etcd(&etcd.client_url, "100ms:2s", &[]);
+    let confera = match wait {
+        Some(wait) => site.watch_etcd(&etcd.client_url, wait, &[]),
+        None => Daemon::spawn(&[
+            "--confdir",
+            site.dir.arg(),
+            "--backend",
+            "etcd",
+            "--node",
+            &etcd.client_url,
+            "--watch",
+            "--log-level",
+            "debug",
+        ]),
+    };
     site.wait_for_output("app", "/app/peers/start=0\n");
     site.wait_for_hups(1);
 
-    // 10 writers, each putting its 10 keys three times over: 300 puts, 300
-    // revisions; each key ends at v2.
+    let started = Instant::now();
     std::thread::scope(|s| {
         for writer in 0..10 {
             let etcd = &etcd;
@@ -317,6 +352,7 @@ fn a_burst_of_300_puts_is_coalesced_into_a_few_commits_showing_the_final_data() 
             });
         }
     });
+    let took = started.elapsed();
     let want: String = (0..100)
         .map(|k| format!("/app/peers/{k:02}=v2\n"))
         .chain(["/app/peers/start=0\n".to_string()])
@@ -324,13 +360,11 @@ fn a_burst_of_300_puts_is_coalesced_into_a_few_commits_showing_the_final_data() 
 
     site.wait_for_output("app", &want);
     barrier(&confera, || etcd.put("/app/unused", "x"));
-    let commits = commits(&confera, &site.dest("app")) - 1;
-    let hups = site.daemon.hups() - 1;
-    assert!(
-        (1..=5).contains(&commits),
-        "{commits} commits for the burst"
-    );
-    assert!((1..=5).contains(&hups), "{hups} SIGHUPs for the burst");
+    Burst {
+        commits: commits(&confera, &site.dest("app")) - 1,
+        hups: site.daemon.hups() - 1,
+        took,
+    }
 }
 
 #[test]
@@ -377,55 +411,18 @@ fn with_wait_mode_trailing_an_isolated_change_waits_for_min_of_quiet() {
 
 #[test]
 fn with_default_settings_a_burst_of_300_puts_in_half_a_second_gives_at_most_5_reloads() {
-    let etcd = Etcd::start();
-    let site = Site::new();
-    site.unit("app", &["/app"], PEERS, "");
-    etcd.put("/app/peers/start", "0");
-    // No --wait, no --wait-mode: the defaults.
-    let confera = Daemon::spawn(&[
-        "--confdir",
-        site.dir.arg(),
-        "--backend",
-        "etcd",
-        "--node",
-        &etcd.client_url,
-        "--watch",
-        "--log-level",
-        "debug",
-    ]);
-    site.wait_for_output("app", "/app/peers/start=0\n");
-    site.wait_for_hups(1);
-
-    // 300 puts of 100 keys from 10 writers, as fast as etcd takes them
-    // (well under half a second); each key ends at v2.
-    let started = Instant::now();
-    std::thread::scope(|s| {
-        for writer in 0..10 {
-            let etcd = &etcd;
-            s.spawn(move || {
-                for round in 0..3 {
-                    for key in 0..10 {
-                        etcd.put(&format!("/app/peers/{writer}{key}"), &format!("v{round}"));
-                    }
-                }
-            });
-        }
-    });
-    let took = started.elapsed();
-    let want: String = (0..100)
-        .map(|k| format!("/app/peers/{k:02}=v2\n"))
-        .chain(["/app/peers/start=0\n".to_string()])
-        .collect();
-
-    site.wait_for_output("app", &want);
-    barrier(&confera, || etcd.put("/app/unused", "x"));
-    let hups = site.daemon.hups() - 1;
-    let commits = commits(&confera, &site.dest("app")) - 1;
+    let burst = burst_of_300_puts(None);
     assert!(
-        (1..=5).contains(&hups),
-        "{hups} SIGHUPs for 300 puts in {took:?}"
+        (1..=5).contains(&burst.hups),
+        "{} SIGHUPs for 300 puts in {:?}",
+        burst.hups,
+        burst.took
     );
-    assert!((1..=5).contains(&commits), "{commits} commits");
+    assert!(
+        (1..=5).contains(&burst.commits),
+        "{} commits",
+        burst.commits
+    );
 }
 
 #[test]

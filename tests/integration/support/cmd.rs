@@ -45,12 +45,15 @@ pub fn confera() -> Command {
     cmd.env_remove("RUST_LOG");
     // Records of owed reloads go to a scratch directory, not /var/lib/confera
     // (a test that restarts confera passes its own --state-dir).
-    cmd.env(
-        "STATE_DIRECTORY",
-        std::env::temp_dir().join("confera-test-state"),
-    );
+    cmd.env("STATE_DIRECTORY", state_dir());
     cmd.stdin(Stdio::null());
     cmd
+}
+
+/// The scratch directory the test fixtures give confera as its state
+/// directory (records of owed reloads), shared by every run.
+pub fn state_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join("confera-test-state")
 }
 
 /// The outcome of a finished confera run.
@@ -191,6 +194,17 @@ impl Daemon {
     /// Waits until stderr contains `fragment`; false on timeout.
     pub fn wait_for_log(&self, fragment: &str, deadline: Duration) -> bool {
         wait_until(deadline, || self.log().contains(fragment))
+    }
+
+    /// Waits until stderr contains `fragment`; on timeout, fails the test
+    /// showing the log.
+    #[track_caller]
+    pub fn expect_log(&self, fragment: &str, deadline: Duration) {
+        assert!(
+            self.wait_for_log(fragment, deadline),
+            "confera did not log {fragment:?} within {deadline:?}\n--- confera\n{}",
+            self.log()
+        );
     }
 
     /// How many times `fragment` occurs in stderr so far.
