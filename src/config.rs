@@ -13,7 +13,13 @@ use crate::settings::Settings;
 pub struct Config {
     pub units: Vec<Unit>,
     pub renderer: std::sync::Arc<Renderer>,
+    /// Each unit's first destination: whoever owns it may run the daemon a
+    /// `process_name` names.
+    pub daemon_files: std::sync::Arc<DaemonFiles>,
 }
+
+/// Unit name → its first destination and whether that may be a trusted link.
+pub type DaemonFiles = std::collections::HashMap<String, (std::path::PathBuf, bool)>;
 
 impl Config {
     pub fn load(settings: &Settings) -> Result<Config, ConfigError> {
@@ -24,7 +30,18 @@ impl Config {
         };
         let units = resource::load_all(&layout)?;
         let renderer = std::sync::Arc::new(Renderer::load(&layout.templates_dir(), &units)?);
-        Ok(Config { units, renderer })
+        let daemon_files = units
+            .iter()
+            .map(|u| {
+                let first = &u.templates[0];
+                (u.name.clone(), (first.dest.clone(), first.follow_symlink))
+            })
+            .collect();
+        Ok(Config {
+            units,
+            renderer,
+            daemon_files: std::sync::Arc::new(daemon_files),
+        })
     }
 
     /// Every prefix any unit reads.

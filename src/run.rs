@@ -111,6 +111,7 @@ fn pipeline(settings: &Settings, config: &Config, metrics: &Metrics) -> Pipeline
         max_output: settings.limits.max_output,
     };
     pipeline.rejections = rejections(settings);
+    pipeline.daemon_files = config.daemon_files.clone();
     pipeline
 }
 

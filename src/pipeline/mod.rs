@@ -272,6 +272,8 @@ pub struct Pipeline {
     pub abandoned: Abandoned,
     /// Commits waiting for the daemon's verdict, and rejected file sets.
     pub rejections: Rejections,
+    /// See [`crate::config::Config::daemon_files`].
+    pub daemon_files: Arc<crate::config::DaemonFiles>,
 }
 
 /// See [`Pipeline::abandoned`].
@@ -313,6 +315,7 @@ impl Pipeline {
             keep: Arc::default(),
             abandoned: Abandoned::default(),
             rejections: Rejections::default(),
+            daemon_files: Arc::default(),
         }
     }
 
@@ -380,7 +383,12 @@ impl Pipeline {
         let resources = names.join(",");
         let span = tracing::info_span!("reload", resources = %resources);
         let snapshot = self.rejections.pending(names);
-        let result = reload::reload(&key.action, &key.dest, names)
+        let daemon_files: Vec<(&Path, bool)> = names
+            .iter()
+            .filter_map(|n| self.daemon_files.get(n))
+            .map(|(dest, follow)| (dest.as_path(), *follow))
+            .collect();
+        let result = reload::reload(&key.action, &key.dest, &daemon_files, names)
             .instrument(span)
             .await;
         let result = match result {

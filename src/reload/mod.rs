@@ -6,7 +6,6 @@
 pub mod bird;
 pub mod process;
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::command;
@@ -16,12 +15,15 @@ use bird::Configure;
 
 /// Runs every method that `action` names: BIRD's control socket, a signal
 /// to the daemon, and `reload_cmd`, in that order. `dest` fills in
-/// `{{src}}`/`{{dest}}` of the command. Each step's success is logged once
+/// `{{src}}`/`{{dest}}` of the command; the owners of `daemon_files` (the
+/// resources' first destinations, each with its `follow_symlink`) may run a
+/// daemon found by `process_name`. Each step's success is logged once
 /// per resource of `resources` (with `resource` and `resources` fields), so
 /// that a log query on one resource finds its reloads.
 pub async fn reload(
     action: &Reload,
     dest: &Path,
+    daemon_files: &[(&Path, bool)],
     resources: &[String],
 ) -> Result<(), ReloadFailure> {
     let all = resources.join(",");
@@ -55,12 +57,15 @@ pub async fn reload(
         crate::exec::signal_child(signal).await?;
     } else if let Some(signal) = action.signal {
         // A process found by name may run as the owner of the daemon's file.
-        let daemon_user = std::fs::metadata(dest).ok().map(|m| m.uid());
+        let daemon_users: Vec<u32> = daemon_files
+            .iter()
+            .filter_map(|(file, follow)| file_owner(file, *follow))
+            .collect();
         let pids = process::signal_daemon(
             action.pid_file.as_deref(),
             action.process_name.as_deref(),
             signal,
-            daemon_user,
+            &daemon_users,
         )?;
         let pids: Vec<i32> = pids.iter().map(|p| p.as_raw()).collect();
         each(
@@ -75,6 +80,19 @@ pub async fn reload(
         );
     }
     Ok(())
+}
+
+/// The owner of the file at `dest`, reached as a commit reaches it (its
+/// directory pinned, no link an unprivileged user could plant followed).
+fn file_owner(dest: &Path, follow: bool) -> Option<u32> {
+    let target = crate::pipeline::pinned::Target::resolve(dest, follow).ok()?;
+    let st = nix::sys::stat::fstatat(
+        target.dir.fd(),
+        target.name.as_os_str(),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .ok()?;
+    Some(st.st_uid)
 }
 
 /// The metrics label of an action's main method.

@@ -356,12 +356,12 @@ fn send_checked(
 /// owns the file; with `process_name` too, the name guards against a stale
 /// pid file whose pid now belongs to another program. By name alone, the
 /// name must match exactly one process, and it must run as root, as
-/// confera's user or as `daemon_user` (the owner of the daemon's file).
+/// confera's user or as one of `daemon_users` (the owners of the daemon's files).
 pub fn signal_daemon(
     pid_file: Option<&Path>,
     process_name: Option<&str>,
     signal: Signal,
-    daemon_user: Option<u32>,
+    daemon_users: &[u32],
 ) -> Result<Vec<Pid>, ProcessError> {
     if let Some(path) = pid_file {
         let PidFile { pid, owner } = read_pid_file(path)?;
@@ -415,9 +415,13 @@ pub fn signal_daemon(
             })
         }
     };
-    let mut expected = vec![0, nix::unistd::geteuid().as_raw()];
-    expected.extend(daemon_user);
-    expected.dedup();
+    let mut expected = vec![0];
+    for uid in std::iter::once(nix::unistd::geteuid().as_raw()).chain(daemon_users.iter().copied())
+    {
+        if !expected.contains(&uid) {
+            expected.push(uid);
+        }
+    }
     let unexpected = || ProcessError::UnexpectedUser {
         name: name.to_owned(),
         found: one,
@@ -608,7 +612,7 @@ mod tests {
         let (mut child, pid) = spawn(Path::new("sleep"));
         let (_dir, path) = pid_file_with(&format!("{pid}\n"));
 
-        let signalled = signal_daemon(Some(&path), None, Signal::SIGTERM, None).unwrap();
+        let signalled = signal_daemon(Some(&path), None, Signal::SIGTERM, &[]).unwrap();
 
         assert_eq!(signalled, vec![pid]);
         assert_eq!(exit_signal(&mut child).await, Some(Signal::SIGTERM as i32));
@@ -619,7 +623,7 @@ mod tests {
         let pid = dead_pid().await;
         let (_dir, path) = pid_file_with(&format!("{pid}\n"));
 
-        let err = signal_daemon(Some(&path), None, Signal::SIGHUP, None).unwrap_err();
+        let err = signal_daemon(Some(&path), None, Signal::SIGHUP, &[]).unwrap_err();
 
         assert!(matches!(err, ProcessError::PidFileStale { .. }), "{err:?}");
         assert!(
@@ -652,7 +656,7 @@ mod tests {
         let mut both = vec![first_pid, second_pid];
         both.sort();
         assert_eq!(find_by_name(&name), both);
-        let err = signal_daemon(None, Some(&name), Signal::SIGTERM, None).unwrap_err();
+        let err = signal_daemon(None, Some(&name), Signal::SIGTERM, &[]).unwrap_err();
 
         let me = pinned::user_name(nix::unistd::geteuid().as_raw());
         assert!(
@@ -672,7 +676,7 @@ mod tests {
         let name = format!("cfo-{}", std::process::id());
         let (mut child, pid) = spawn(&unique_sleep(dir.path(), &name));
 
-        let signalled = signal_daemon(None, Some(&name), Signal::SIGTERM, None).unwrap();
+        let signalled = signal_daemon(None, Some(&name), Signal::SIGTERM, &[]).unwrap();
 
         assert_eq!(signalled, vec![pid]);
         assert_eq!(exit_signal(&mut child).await, Some(Signal::SIGTERM as i32));
@@ -680,7 +684,7 @@ mod tests {
 
     #[test]
     fn signal_daemon_reports_no_process_with_the_name() {
-        let err = signal_daemon(None, Some("confera-nope"), Signal::SIGHUP, None).unwrap_err();
+        let err = signal_daemon(None, Some("confera-nope"), Signal::SIGHUP, &[]).unwrap_err();
         assert_eq!(
             err.to_string().split(':').next().unwrap(),
             "no process named `confera-nope` is running"
@@ -689,7 +693,7 @@ mod tests {
 
     #[test]
     fn signal_daemon_without_a_target_is_an_error() {
-        let err = signal_daemon(None, None, Signal::SIGHUP, None).unwrap_err();
+        let err = signal_daemon(None, None, Signal::SIGHUP, &[]).unwrap_err();
         assert!(matches!(err, ProcessError::NoTarget), "{err:?}");
     }
 
@@ -714,7 +718,7 @@ mod tests {
         let (mut child, pid) = spawn(Path::new("sleep"));
         let (_dir, path) = pid_file_with(&format!("{pid}\n"));
 
-        let err = signal_daemon(Some(&path), Some("bird"), Signal::SIGTERM, None).unwrap_err();
+        let err = signal_daemon(Some(&path), Some("bird"), Signal::SIGTERM, &[]).unwrap_err();
 
         assert!(
             err.to_string().starts_with(&format!(

@@ -571,6 +571,7 @@ impl Daemon<'_> {
             keep: Arc::new(self.drift.kept_attributes()),
             abandoned: self.abandoned.clone(),
             rejections: self.rejections.clone(),
+            daemon_files: self.config.daemon_files.clone(),
         }
     }
 

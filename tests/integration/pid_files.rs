@@ -179,6 +179,25 @@ fn a_pid_file_link_a_local_user_plants_is_not_followed() {
 }
 
 #[test]
+fn a_process_name_run_by_the_owner_of_the_resources_file_is_signalled() {
+    let site = Site::new();
+    let name = format!("cfo{}", std::process::id());
+    let program = site.dir.path().join(&name);
+    std::os::unix::fs::symlink("/bin/sleep", &program).unwrap();
+    let mut daemon = site.spawn_as_user(&program, &["1000"]);
+    // The daemon's own file is the user's, as /etc/bird is bird's.
+    site.reload(&format!(
+        "process_name = {name:?}\nowner = {:?}",
+        site.user.name
+    ));
+
+    let run = site.onetime();
+
+    run.assert_code(0);
+    assert_eq!(daemon.ended_by(), Some(libc::SIGTERM), "{run}");
+}
+
+#[test]
 fn a_process_name_matching_only_another_users_process_is_a_reported_failure() {
     let site = Site::new();
     let name = format!("cfn{}", std::process::id());
