@@ -109,7 +109,8 @@ pub const NODENAME_PLACEHOLDER: &str = "//NODENAME";
 pub struct Secrets {
     /// The whole output is secret.
     pub all: bool,
-    /// Absolute key patterns (`*` within one segment) whose values are secret.
+    /// Absolute keys, or key patterns as in `gets` (Go's `path.Match`),
+    /// whose values are secret, with everything under them.
     pub patterns: Vec<String>,
 }
 
@@ -119,7 +120,7 @@ impl Secrets {
             || self
                 .patterns
                 .iter()
-                .any(|p| crate::store::glob_match(p, absolute_key) || is_under(absolute_key, p))
+                .any(|p| is_under(absolute_key, p) || matches_pattern(p, absolute_key))
     }
 
     pub fn any(&self) -> bool {
@@ -431,6 +432,10 @@ impl Ctx<'_> {
         } else {
             Output::Plain
         });
+        for pattern in shared.secret_keys.iter().flatten() {
+            crate::pattern::validate(pattern)
+                .map_err(|e| self.err("secret_keys", e.to_string()))?;
+        }
         for t in &mut templates {
             t.output = output;
             // A set shares its secret keys; each member keeps those it can read.
@@ -546,9 +551,16 @@ fn reloads_bird(shared: &RawShared) -> bool {
         || matches!(shared.process_name.as_deref(), Some("bird" | "bird6"))
 }
 
+/// Whether `key` matches the secret key pattern `pattern`. Every match
+/// starts with the pattern's literal prefix: most reads are decided on it.
+fn matches_pattern(pattern: &str, key: &str) -> bool {
+    key.starts_with(crate::pattern::literal_prefix(pattern))
+        && crate::store::glob_match(pattern, key)
+}
+
 /// Whether a secret key pattern can match anything under `keys`.
 fn overlaps(pattern: &str, keys: &[String]) -> bool {
-    let base = if pattern.contains('*') {
+    let base = if crate::pattern::literal_prefix(pattern) != pattern {
         glob_base(pattern)
     } else {
         pattern
