@@ -150,13 +150,14 @@ async fn onetime(
     })
 }
 
-fn owed_reloads(settings: &Settings, config: &Config) -> Owed {
-    let persist = !settings.options.noop && !settings.options.sync_only;
+/// The record of reloads a previous run owed; none (and nothing recorded)
+/// when this run reloads nothing (`--noop`, `--sync-only`).
+pub fn owed_reloads(settings: &Settings, config: &Config) -> Owed {
     Owed::load(
         &settings.state_dir,
         &settings.confdir,
         &config.units,
-        persist,
+        settings.options.reloads(),
     )
 }
 

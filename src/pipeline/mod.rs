@@ -50,6 +50,14 @@ pub struct Options {
     pub exit_code: bool,
 }
 
+impl Options {
+    /// Whether this run reloads anything at all (and so keeps a record of
+    /// the reloads it owes).
+    pub fn reloads(&self) -> bool {
+        !self.noop && !self.sync_only
+    }
+}
+
 /// What happened to one unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -500,7 +508,7 @@ impl Pipeline {
 
     /// Whether this run reloads anything at all.
     pub fn reloads(&self) -> bool {
-        !self.options.noop && !self.options.sync_only
+        self.options.reloads()
     }
 
     /// Renders, compares, stages, checks and commits one unit.

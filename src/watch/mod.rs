@@ -144,12 +144,7 @@ pub async fn run(
     } else {
         (None, None)
     };
-    let owed = Owed::load(
-        &settings.state_dir,
-        &settings.confdir,
-        &config.units,
-        !settings.options.noop,
-    );
+    let owed = crate::run::owed_reloads(&settings, &config);
     let rejections = crate::run::rejections(&settings);
     let mut daemon = Daemon {
         cli,
@@ -637,7 +632,7 @@ impl Daemon<'_> {
         let unit = self.config.units.iter().find(|u| u.name == name);
         let needs_reload = result.as_ref().is_ok_and(|o| o.needs_reload())
             && unit.and_then(ReloadKey::of).is_some()
-            && self.pipeline_reloads();
+            && self.settings.options.reloads();
         match &result {
             Ok(outcome) => {
                 if self.scheduler.succeeded(&name) {
@@ -718,10 +713,6 @@ impl Daemon<'_> {
                 starter.start();
             }
         }
-    }
-
-    fn pipeline_reloads(&self) -> bool {
-        !self.settings.options.noop && !self.settings.options.sync_only
     }
 
     fn reload_done(

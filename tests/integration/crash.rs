@@ -327,6 +327,34 @@ fn a_reload_owed_when_confera_stopped_is_done_after_a_restart() {
     );
 }
 
+/// `--sync-only` writes files and runs no reload: not even one a previous
+/// run owed, whose record stays for a run that reloads.
+#[test]
+fn a_sync_only_watcher_runs_no_reload_a_previous_run_owed() {
+    let etcd = Etcd::start();
+    let site = owed_site(&etcd);
+    site.daemon.kill();
+    let mut confera = site.watch_etcd(&etcd.client_url, crate::watch::WAIT, &[]);
+    site.wait_for_output("app", "greeting=hello\n");
+    assert!(confera.wait_for_log("reload failed", crate::watch::DEADLINE));
+    assert_eq!(confera.terminate(), 0);
+    assert!(owed_record(&site).exists(), "no record of the owed reload");
+
+    let revived = revive(&site);
+    let mut confera = site.watch_etcd(&etcd.client_url, crate::watch::WAIT, &["--sync-only"]);
+    confera.expect_log("ready", crate::watch::DEADLINE);
+    etcd.put("/app/greeting", "synced");
+    site.wait_for_output("app", "greeting=synced\n");
+
+    assert!(
+        !revived.wait_for_hups(1, std::time::Duration::from_secs(2)),
+        "--sync-only signalled the daemon\n{}",
+        confera.log()
+    );
+    assert_eq!(confera.terminate(), 0);
+    assert!(owed_record(&site).exists(), "the owed reload was dropped");
+}
+
 /// Issue 12: in polling mode a failed reload is retried at the next poll,
 /// though the file no longer changes.
 #[test]
