@@ -172,6 +172,19 @@ fn indent_continuations(event: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
+/// True the first time `fact` is seen by this process (bounded: after
+/// 4,096 distinct facts the memory starts over, so a fact may repeat).
+pub fn first_time(fact: String) -> bool {
+    static SEEN: std::sync::Mutex<Option<std::collections::HashSet<String>>> =
+        std::sync::Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    let seen = seen.get_or_insert_with(std::collections::HashSet::new);
+    if seen.len() >= 4096 {
+        seen.clear();
+    }
+    seen.insert(fact)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -69,22 +69,6 @@ impl Store {
         }
     }
 
-    /// Inserts an owned pair without copying the key; returns true when the
-    /// stored value changed.
-    pub fn insert_owned(&mut self, key: String, value: String) -> bool {
-        match self.entries.get_mut(&key) {
-            Some(old) if *old == value => false,
-            Some(old) => {
-                *old = value;
-                true
-            }
-            None => {
-                self.entries.insert(key, value);
-                true
-            }
-        }
-    }
-
     /// Removes exactly `key`; returns true when it was present.
     pub fn remove(&mut self, key: &str) -> bool {
         self.entries.remove(key).is_some()
@@ -147,7 +131,7 @@ impl Store {
             }
         }
         for (key, value) in fresh.entries {
-            if self.insert_owned(key.clone(), value) {
+            if self.insert(&key, value) {
                 changed.push(key);
             }
         }

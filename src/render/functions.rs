@@ -8,9 +8,8 @@
 //! Functions never read outside the resource's keys.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tera::{Kwargs, State, Tera, TeraResult, Value};
 
@@ -249,12 +248,14 @@ impl ScopeData {
                 self.in_scope(&child) || self.keys.iter().any(|k| is_under(k, &child))
             })
             .collect();
-        for name in names.iter().filter(|_| self.every_read) {
-            let child = self.relative(&format!("{base}/{name}"));
-            self.origins.push(Origin {
-                what: format!("key `{}`", child.escape_debug()),
-                text: name.clone(),
-            });
+        if self.every_read {
+            for name in &names {
+                let child = self.relative(&format!("{base}/{name}"));
+                self.origins.push(Origin {
+                    what: format!("key `{}`", child.escape_debug()),
+                    text: name.clone(),
+                });
+            }
         }
         Ok(names)
     }
@@ -306,10 +307,6 @@ fn get(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
     })
 }
 
-/// Resources and keys already warned about by `exists`, so that watch mode
-/// does not repeat the warning on every render.
-static WARNED: Mutex<Option<HashSet<(PathBuf, String)>>> = Mutex::new(None);
-
 fn exists(kwargs: Kwargs, _: &State) -> TeraResult<bool> {
     let key = key_arg(&kwargs, "key")?;
     with_scope(|scope| {
@@ -318,11 +315,8 @@ fn exists(kwargs: Kwargs, _: &State) -> TeraResult<bool> {
             // As in confd: nothing outside the keys is in the view.
             Err(_) => {
                 let key = normalize_key(&key);
-                let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
-                if warned
-                    .get_or_insert_with(HashSet::new)
-                    .insert((scope.dest.clone(), key.clone()))
-                {
+                // Once per resource and key, not on every render.
+                if crate::logging::first_time(format!("exists {} {key}", scope.dest.display())) {
                     tracing::warn!(
                         key = %key.escape_debug(),
                         dest = %scope.dest.display(),
@@ -387,10 +381,12 @@ fn getenv(kwargs: Kwargs, _: &State) -> TeraResult<Value> {
         match (std::env::var(&name), default) {
             (Ok(value), Some(default)) if value.is_empty() => Ok(Value::from(default)),
             (Ok(value), _) => {
-                scope.origins.push(Origin {
-                    what: format!("environment variable `{name}`"),
-                    text: value.clone(),
-                });
+                if scope.every_read {
+                    scope.origins.push(Origin {
+                        what: format!("environment variable `{name}`"),
+                        text: value.clone(),
+                    });
+                }
                 Ok(Value::from(value))
             }
             (Err(_), Some(default)) => Ok(Value::from(default)),

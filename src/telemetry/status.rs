@@ -215,8 +215,7 @@ impl Status {
     }
 
     /// A resource's work ended: rendered and committed (or unchanged) at
-    /// `revision`, or failed with `error`. `reload_owed` says whether a
-    /// reload it needs has not happened yet.
+    /// `revision`, or failed with `error`.
     pub fn finished(&self, name: &str, revision: i64, result: Result<(), String>) {
         let mut state = self.lock();
         let r = state.resources.entry(name.to_owned()).or_default();
@@ -295,13 +294,11 @@ impl Status {
     }
 
     /// The document `/status` serves; also refreshes the time-based gauges.
-    pub fn report(&self, healthy_link: Result<(), String>) -> Report {
+    pub fn report(&self) -> Report {
         let state = self.lock();
         let now = Instant::now();
         let mut problems = Vec::new();
-        if let Err(e) = healthy_link {
-            problems.push(e);
-        } else if let Some(link) = &state.link {
+        if let Some(link) = &state.link {
             problems.push(link.clone());
         }
         if let Some(repair) = &state.repair {
@@ -387,7 +384,7 @@ impl Status {
     /// Healthy: the backend is linked and in sync, no history is being
     /// repaired, and no resource is stuck or failing past the threshold.
     pub fn health(&self) -> Result<(), String> {
-        let report = self.report(Ok(()));
+        let report = self.report();
         if report.healthy {
             Ok(())
         } else {
@@ -544,13 +541,13 @@ mod tests {
         let status = Status::new(Metrics::new(), Duration::ZERO);
         status.link_up();
         status.started("bird");
-        let report = status.report(Ok(()));
+        let report = status.report();
         assert!(report.resources["bird"].stuck);
         assert!(!report.healthy);
         assert!(status.health().unwrap_err().contains("resource bird stuck"));
         status.finished("bird", 7, Ok(()));
         assert!(status.health().is_ok());
-        assert_eq!(status.report(Ok(())).resources["bird"].revision, Some(7));
+        assert_eq!(status.report().resources["bird"].revision, Some(7));
     }
 
     #[test]
@@ -571,7 +568,7 @@ mod tests {
         status.history_repaired();
         assert!(status.readiness());
         assert!(status.health().is_ok());
-        assert!(status.report(Ok(())).backend.last_history_change.is_some());
+        assert!(status.report().backend.last_history_change.is_some());
     }
 
     #[test]
@@ -581,18 +578,18 @@ mod tests {
         status.child_declared("bird -f");
         assert!(status.health().is_ok(), "not started yet is no problem");
         status.child_started(42);
-        assert_eq!(status.report(Ok(())).child.unwrap().pid, Some(42));
+        assert_eq!(status.report().child.unwrap().pid, Some(42));
         status.child_exited("killed by signal 9 (SIGKILL)", Some(Duration::from_secs(2)));
         let problem = status.health().unwrap_err();
         assert!(
             problem.contains("exec child not running: killed by signal 9 (SIGKILL); restarting in"),
             "{problem}"
         );
-        let child = status.report(Ok(())).child.unwrap();
+        let child = status.report().child.unwrap();
         assert!(!child.running && child.restart_in.is_some());
         status.child_started(43);
         assert!(status.health().is_ok());
-        assert_eq!(status.report(Ok(())).child.unwrap().starts, 2);
+        assert_eq!(status.report().child.unwrap().starts, 2);
     }
 
     #[test]
@@ -600,12 +597,10 @@ mod tests {
         let status = Status::new(Metrics::new(), Duration::from_secs(60));
         status.reload_pending("bird", true, Some("reload failed".into()));
         status.finished("bird", 3, Ok(()));
-        let report = status.report(Ok(()));
+        let report = status.report();
         assert_eq!(report.resources["bird"].last_success, None);
         assert!(report.resources["bird"].pending_reload);
         status.reload_pending("bird", false, None);
-        assert!(status.report(Ok(())).resources["bird"]
-            .last_success
-            .is_some());
+        assert!(status.report().resources["bird"].last_success.is_some());
     }
 }

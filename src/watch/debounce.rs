@@ -67,8 +67,9 @@ impl Window {
     }
 }
 
-/// `at + delay`, or a moment decades away when that cannot be represented
-/// (a `--wait` or `--interval` of u64::MAX seconds never panics).
+/// `at + delay`, or a moment decades away when that cannot be represented.
+/// Settings are bounded (`duration::MAX`), so this only guards a delay
+/// computed from them (a backoff) against ever panicking.
 pub fn after(at: Instant, delay: Duration) -> Instant {
     const FAR: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
     at.checked_add(delay)

@@ -355,8 +355,13 @@ impl Daemon<'_> {
         if self.synced {
             self.start_due();
         }
+        let retries = self.scheduler.take_due_reloads(Instant::now());
+        if retries.is_empty() {
+            return;
+        }
+        // Built only when needed: it copies every owned file's attributes.
         let pipeline = self.pipeline();
-        for retry in self.scheduler.take_due_reloads(Instant::now()) {
+        for retry in retries {
             self.workers
                 .reload((retry.key, retry.units, retry.attempt), &pipeline);
         }
@@ -508,7 +513,6 @@ impl Daemon<'_> {
         self.telemetry.metrics.backend_up(self.backend(), true);
     }
 
-    /// Schedules every unit that reads one of `keys`.
     /// Reports a rewritten etcd history (the link takes the fresh snapshot).
     fn history_changed(&self, change: HistoryChange) {
         tracing::warn!(
@@ -525,6 +529,8 @@ impl Daemon<'_> {
         self.telemetry.status.history_changed(change);
     }
 
+    /// Schedules every unit that reads one of `keys`: at once when
+    /// `immediately`, else by its wait and wait mode.
     fn touch(&mut self, keys: &[String], immediately: bool) {
         if keys.is_empty() {
             return;

@@ -8,8 +8,6 @@
 //! key. Watch streams are drained by their own tasks into a channel, never by
 //! the render loop: an unread stream makes h2 close the whole connection.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
@@ -353,7 +351,7 @@ fn report_undecodable(part: &'static str, key: &[u8], mod_revision: i64) {
         Ok(text) => text.escape_debug().to_string(),
         Err(_) => key.escape_ascii().to_string(),
     };
-    if !first_time(format!("{part} {escaped} {mod_revision}")) {
+    if !crate::logging::first_time(format!("{part} {escaped} {mod_revision}")) {
         return;
     }
     crate::telemetry::metrics::count_undecodable(part);
@@ -362,18 +360,6 @@ fn report_undecodable(part: &'static str, key: &[u8], mod_revision: i64) {
         revision = mod_revision,
         "{part} is not UTF-8; the key is left out of the store, as if absent"
     );
-}
-
-/// True the first time `fact` is seen by this process (bounded: after
-/// 4,096 distinct facts the memory starts over, so a fact may repeat).
-fn first_time(fact: String) -> bool {
-    static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
-    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
-    let seen = seen.get_or_insert_with(HashSet::new);
-    if seen.len() >= 4096 {
-        seen.clear();
-    }
-    seen.insert(fact)
 }
 
 /// An endpoint as etcd-client wants it: without a trailing `/`.

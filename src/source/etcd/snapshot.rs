@@ -7,10 +7,11 @@ use std::sync::Arc;
 use etcd_client::{Client, GetOptions, GetResponse, Txn, TxnOp, TxnOpResponse};
 
 use super::{
-    bytes_under, covering_range, decode, describe_error, first_time, is_permission_denied,
-    is_too_large, key_ranges, merge_prefixes, Etcd, EtcdConfig, KeyRange, MAX_MESSAGE,
+    bytes_under, covering_range, decode, describe_error, is_permission_denied, is_too_large,
+    key_ranges, merge_prefixes, Etcd, EtcdConfig, KeyRange, MAX_MESSAGE,
 };
 use crate::error::SourceError;
+use crate::logging::first_time;
 use crate::store::Store;
 
 /// Keys in a range's first page: enough that most prefixes take one
