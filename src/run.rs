@@ -33,16 +33,29 @@ pub async fn run(
     if let Some(Command::Status { json }) = cli.command {
         return crate::telemetry::status::query(settings.metrics_addr, json).await;
     }
-    let config = Config::load(&settings)?;
+    // A one-shot connects while the templates compile: each takes
+    // milliseconds and neither needs the other.
+    let connecting = (settings.mode == Mode::Onetime && cli.command.is_none()).then(|| {
+        let settings = settings.clone();
+        tokio::spawn(async move { Source::connect(&settings).await })
+    });
+    let config = match Config::load(&settings) {
+        Ok(config) => config,
+        Err(e) => {
+            connecting.inspect(tokio::task::JoinHandle::abort);
+            return Err(e);
+        }
+    };
     if let Some(Command::Check) = cli.command {
         return Ok(audit::audit(&config));
     }
     raise_descriptor_limit();
     // Completions and the man page are printed by the binary before settings load.
-    if settings.mode == Mode::Onetime {
+    if let Some(connecting) = connecting {
         let metrics = Metrics::new();
         exec::reaper::start(&metrics);
-        return onetime(&settings, &config, &metrics).await;
+        let source = connecting.await.expect("connecting does not panic")?;
+        return onetime(&settings, &config, &metrics, source).await;
     }
     if let Some(spec) = &settings.exec {
         spec.check_program().map_err(ConfigError::Settings)?;
@@ -125,8 +138,8 @@ async fn onetime(
     settings: &Settings,
     config: &Config,
     metrics: &Metrics,
+    mut source: Source,
 ) -> Result<RunStatus, ConfigError> {
-    let mut source = Source::connect(settings).await?;
     let store = Arc::new(source.snapshot(&config.prefixes()).await?);
     tracing::info!(
         keys = store.len(),

@@ -661,6 +661,26 @@ fn an_unreachable_etcd_fails_with_exit_2_within_seconds_naming_the_endpoint() {
     assert_eq!(conf.read("out/app.conf"), "OLD\n");
 }
 
+#[test]
+fn a_broken_resource_file_is_reported_at_once_while_etcd_does_not_answer() {
+    // A one-shot connects while the templates compile: a configuration
+    // error must still win at once, not wait for the connection.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let conf = ConfDir::new();
+    conf.file(
+        "conf.d/app.toml",
+        "[template]\nsrc = \"app.tmpl\"\ndest = [\n",
+    );
+
+    let started = Instant::now();
+    let r = run(&["--confdir", conf.arg(), "--onetime", "--node", &url]);
+    let took = started.elapsed();
+
+    r.assert_code(2).assert_stderr_contains("app.toml");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
 // --- settings ----------------------------------------------------------------
 
 #[test]

@@ -14,12 +14,14 @@ use crate::error::SourceError;
 use crate::logging::first_time;
 use crate::store::Store;
 
-/// Keys in a range's first page: enough that most prefixes take one
-/// request (each request costs etcd far more than a key does: at 2,000
-/// keys, one page instead of two saves a tenth of a one-shot). A first page
-/// of very large values (over 64 KiB each on average) exceeds the 256 MiB
-/// message limit and is asked for again at half the size.
-const FIRST_PAGE: i64 = 4096;
+/// Keys in a range's first page: enough that nearly every prefix takes one
+/// request. etcd 3.4 walks its index over the whole rest of the range for
+/// every page, whatever the page's limit, so at 20,000 keys one request
+/// instead of a page of 4,096 and then the rest saves ~2 ms of a ~55 ms
+/// one-shot. A first page of very large values (over 8 KiB each on average)
+/// exceeds the 256 MiB message limit and is asked for again at half the
+/// size.
+const FIRST_PAGE: i64 = 32768;
 
 /// What each later page aims at, sized from the bytes per key seen so far:
 /// a sixteenth of the message limit, so keys 16 times larger than those
@@ -95,6 +97,7 @@ impl Cursor {
             key.push(0);
             key
         });
+        pairs.reserve(kvs.len());
         for kv in kvs {
             self.keys_seen += 1;
             self.bytes_seen += kv.key().len() + kv.value().len() + KV_OVERHEAD;
