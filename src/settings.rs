@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
@@ -287,6 +288,36 @@ pub enum Scheme {
     Https,
 }
 
+/// `text` with confd's unsupported keys (left unset, or the file was
+/// refused) blanked out, since `FileSettings` would call them unknown: each
+/// key and its value become spaces, newlines kept, so that a later error
+/// names the line and column it has in the file.
+fn without_unsupported_keys(text: &str) -> Result<Cow<'_, str>, toml::de::Error> {
+    let unsupported = |key: &str| {
+        UNSUPPORTED_CONFD_KEYS
+            .iter()
+            .any(|(keys, _)| keys.contains(&key))
+    };
+    let entries: BTreeMap<toml::Spanned<String>, toml::Spanned<toml::Value>> =
+        toml::from_str(text)?;
+    let mut blanked: Option<Vec<u8>> = None;
+    for (key, value) in &entries {
+        if unsupported(key.get_ref()) {
+            let bytes = blanked.get_or_insert_with(|| text.as_bytes().to_vec());
+            for byte in &mut bytes[key.span().start..value.span().end] {
+                if *byte != b'\n' {
+                    *byte = b' ';
+                }
+            }
+        }
+    }
+    Ok(match blanked {
+        // Only whole characters became spaces: still UTF-8.
+        Some(bytes) => Cow::Owned(String::from_utf8(bytes).expect("blanked text is UTF-8")),
+        None => Cow::Borrowed(text),
+    })
+}
+
 /// confd's settings confera does not support, with the reason given in the
 /// error. An empty value (`""`, `false`, `[]`) means "not set" in confd and
 /// is accepted.
@@ -407,25 +438,7 @@ impl FileSettings {
                 _ => {}
             }
         }
-        // Without the unsupported keys left unset (they would be unknown).
-        let unset = |key: &str| {
-            UNSUPPORTED_CONFD_KEYS
-                .iter()
-                .any(|(keys, _)| keys.contains(&key))
-        };
-        let text = if table.keys().any(|k| unset(k)) {
-            let kept: toml::Table = table
-                .iter()
-                .filter(|(k, _)| !unset(k))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            Cow::Owned(toml::to_string(&kept).map_err(|e| ConfigError::Resource {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?)
-        } else {
-            Cow::Borrowed(text)
-        };
+        let text = without_unsupported_keys(text).map_err(syntax)?;
         let mut settings: FileSettings = toml::from_str(&text).map_err(syntax)?;
         settings.path = Some(path.to_path_buf());
         settings.keys = table.keys().cloned().collect();

@@ -166,6 +166,25 @@ fn a_confd_toml_key_confera_does_not_support_is_an_error_naming_the_key_and_the_
         .assert_stderr_contains("list the endpoints in `nodes`");
 }
 
+#[test]
+fn an_error_after_an_unset_unsupported_confd_key_names_its_own_line() {
+    // confd's sample confd.toml lists settings it does not use as "";
+    // confera accepts them, and a mistake further down keeps its line.
+    let dir = app("/");
+    dir.file(
+        "confd.toml",
+        "srv_domain = \"\"\nbackend = \"file\"\n\ninterval = \"ten\"\n",
+    );
+    let path = dir.path().join("confd.toml");
+
+    let out = run(&["--config-file", path.to_str().unwrap(), "--onetime"]);
+
+    out.assert_code(2)
+        .assert_stderr_contains(&path.display().to_string())
+        .assert_stderr_contains("line 4")
+        .assert_stderr_contains("interval = \"ten\"");
+}
+
 // --- log levels ----------------------------------------------------------------
 
 /// `confera --onetime` on [`app`] with a second unit `broken` whose key is
