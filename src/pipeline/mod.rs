@@ -31,7 +31,7 @@ use crate::render::{self, KeyRead, Rendered, Renderer};
 use crate::resource::{OnReject, Reload, Template, Unit};
 use crate::store::Store;
 use crate::telemetry::metrics::Metrics;
-use compare::{FileState, Fingerprint};
+use compare::{Difference, FileState, Fingerprint};
 use rejected::{Named, Pending, Quoting, Rejections, Rollback};
 use stage::Stage;
 
@@ -533,21 +533,19 @@ impl Pipeline {
         self.metrics
             .render(&unit.name, planned.is_ok(), started.elapsed());
         let planned = planned?;
-        let changed: Vec<bool> = planned
+        let differences: Vec<Difference> = planned
             .iter()
-            .map(|p| compare::difference(p.have.as_ref(), &p.want).any())
+            .map(|p| compare::difference(p.have.as_ref(), &p.want))
             .collect();
+        let changed: Vec<bool> = differences.iter().map(Difference::any).collect();
         let files: Vec<Committed> = planned.iter().map(Planned::as_committed).collect();
-        let reload = planned.iter().any(|p| {
-            let d = compare::difference(p.have.as_ref(), &p.want);
-            d.missing || d.content
-        });
+        let reload = differences.iter().any(|d| d.missing || d.content);
         if !changed.contains(&true) {
             tracing::debug!(resource = %unit.name, "unchanged");
             return Ok(Outcome::Unchanged { files });
         }
         if self.options.noop {
-            self.report_noop(unit, &planned, &changed);
+            self.report_noop(unit, &planned, &differences);
             return Ok(Outcome::WouldChange);
         }
         let fingerprints: Vec<(PathBuf, Fingerprint)> =
@@ -755,10 +753,10 @@ impl Pipeline {
         Ok(planned)
     }
 
-    fn report_noop(&self, unit: &Unit, planned: &[Planned], changed: &[bool]) {
+    fn report_noop(&self, unit: &Unit, planned: &[Planned], differences: &[Difference]) {
         let mut stdout = std::io::stdout().lock();
-        for (p, _) in planned.iter().zip(changed).filter(|(_, c)| **c) {
-            let mut what = compare::difference(p.have.as_ref(), &p.want).describe();
+        for (p, difference) in planned.iter().zip(differences).filter(|(_, d)| d.any()) {
+            let mut what = difference.describe();
             if p.target.is_none() {
                 what.push_str(" (its directory does not exist yet)");
             }
