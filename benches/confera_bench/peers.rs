@@ -94,7 +94,9 @@ fn sizes() -> Vec<usize> {
 }
 
 pub fn run(opts: &Opts) -> Section {
-    let runs = if opts.quick { 3 } else { 7 };
+    // One-shots are cheap and noisy (±10 ms at 20,000 keys between runs on
+    // these machines): many runs, interleaved, for a steady median.
+    let runs = if opts.quick { 3 } else { 21 };
     let changes = std::env::var("BENCH_PEERS_CHANGES")
         .ok()
         .and_then(|n| n.parse().ok())
