@@ -11,11 +11,11 @@
 use std::io::{self, Write};
 
 use nix::fcntl::{renameat, OFlag};
-use nix::sys::stat::{fstat, Mode, SFlag};
+use nix::sys::stat::Mode;
 
 use crate::error::UnitError;
 use crate::pipeline::compare::{self, Fingerprint};
-use crate::pipeline::pinned::{PathError, Target};
+use crate::pipeline::pinned::Target;
 use crate::pipeline::stage::{set_owner_and_mode, StagedFile};
 
 /// How a file reached its destination.
@@ -75,22 +75,14 @@ pub fn remove(target: &Target, expected: &Fingerprint) -> Result<bool, UnitError
 /// (perhaps outside this directory) would change too.
 fn write_in_place(file: &StagedFile) -> Result<(), UnitError> {
     let target = &file.target;
-    let mut dest = target.open(
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NONBLOCK,
+    let (mut dest, st) = target.open_regular(
+        OFlag::O_WRONLY | OFlag::O_CREAT,
         Mode::from_bits_truncate(0o600),
     )?;
     let io = |source: io::Error| UnitError::Commit {
         path: file.dest.clone(),
         source,
     };
-    let st = fstat(&dest).map_err(|e| io(e.into()))?;
-    if st.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFREG.bits() {
-        return Err(PathError::NotRegular {
-            path: file.dest.clone(),
-            kind: crate::pipeline::pinned::kind_name(&st),
-        }
-        .into());
-    }
     if st.st_nlink > 1 {
         return Err(io(io::Error::other(format!(
             "it has {} hard links: refusing to rewrite it in place",

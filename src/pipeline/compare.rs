@@ -8,10 +8,10 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
-use nix::sys::stat::{Mode, SFlag};
+use nix::sys::stat::Mode;
 use similar::TextDiff;
 
-use crate::pipeline::pinned::{self, PathError, Target};
+use crate::pipeline::pinned::{PathError, Target};
 
 /// A destination's content and attributes, as it is or as it should be.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,24 +111,18 @@ pub fn resolve_dest(dest: &Path) -> io::Result<PathBuf> {
 /// blocking on a named pipe; `None` when there is nothing there. A link that
 /// appeared since the target was resolved is refused, never read through.
 pub fn read(target: &Target) -> Result<Option<FileState>, PathError> {
-    let file = match target.open(OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty()) {
-        Ok(file) => file,
+    let (file, st) = match target.open_regular(OFlag::O_RDONLY, Mode::empty()) {
+        Ok(opened) => opened,
         Err(e) if e.is_not_found() => return Ok(None),
         Err(e) => return Err(e),
     };
-    let io = |source| PathError::Io {
-        path: target.path.clone(),
-        source,
-    };
-    let st = nix::sys::stat::fstat(&file).map_err(|e| io(e.into()))?;
-    if st.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFREG.bits() {
-        return Err(PathError::NotRegular {
-            path: target.path.clone(),
-            kind: pinned::kind_name(&st),
-        });
-    }
     let mut content = Vec::with_capacity(st.st_size.max(0) as usize);
-    (&file).read_to_end(&mut content).map_err(io)?;
+    (&file)
+        .read_to_end(&mut content)
+        .map_err(|source| PathError::Io {
+            path: target.path.clone(),
+            source,
+        })?;
     Ok(Some(FileState {
         content,
         mode: st.st_mode & 0o7777,

@@ -385,6 +385,21 @@ impl Target {
             Err(e) => Err(PathError::io(&self.path, e)),
         }
     }
+
+    /// [`Target::open`] for a regular file only, never blocking on a named
+    /// pipe: anything else (a pipe, a device, a directory) is refused before
+    /// a byte is read or written. The file and its status.
+    pub fn open_regular(&self, flags: OFlag, mode: Mode) -> Result<(File, FileStat), PathError> {
+        let file = self.open(flags | OFlag::O_NONBLOCK, mode)?;
+        let st = fstat(&file).map_err(|e| PathError::io(&self.path, e))?;
+        if st.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFREG.bits() {
+            return Err(PathError::NotRegular {
+                path: self.path.clone(),
+                kind: kind_name(&st),
+            });
+        }
+        Ok((file, st))
+    }
 }
 
 /// Splits a path into its directory and its file name.

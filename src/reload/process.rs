@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::signal::{kill, Signal};
-use nix::sys::stat::{Mode, SFlag};
+use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 use procfs::process::Process;
 
@@ -173,26 +173,18 @@ pub fn read_pid_file(path: &Path) -> Result<PidFile, ProcessError> {
         Err(e) if e.is_not_found() => return Err(missing()),
         Err(e) => return Err(ProcessError::PidFileUnsafe(e)),
     };
-    let file = match target.open(OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty()) {
-        Ok(file) => file,
+    let (file, st) = match target.open_regular(OFlag::O_RDONLY, Mode::empty()) {
+        Ok(opened) => opened,
         Err(e) if e.is_not_found() => return Err(missing()),
         Err(e) => return Err(ProcessError::PidFileUnsafe(e)),
     };
-    let read_err = |source| ProcessError::PidFileRead {
-        path: path.to_owned(),
-        source,
-    };
-    let st = nix::sys::stat::fstat(&file).map_err(|e| read_err(e.into()))?;
-    if st.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFREG.bits() {
-        return Err(ProcessError::PidFileUnsafe(PathError::NotRegular {
-            path: path.to_owned(),
-            kind: pinned::kind_name(&st),
-        }));
-    }
     let mut contents = Vec::new();
     file.take(PID_FILE_LIMIT)
         .read_to_end(&mut contents)
-        .map_err(read_err)?;
+        .map_err(|source| ProcessError::PidFileRead {
+            path: path.to_owned(),
+            source,
+        })?;
     let pid = parse_pid(path, &contents)?;
     Ok(PidFile {
         pid,
