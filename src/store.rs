@@ -234,11 +234,17 @@ pub fn join_keys(parts: &[&str]) -> String {
 
 /// Whether normalised `key` equals `prefix` or lies below it on a `/` boundary.
 pub fn is_under(key: &str, prefix: &str) -> bool {
+    is_under_bytes(key.as_bytes(), prefix)
+}
+
+/// [`is_under`] for a key not decoded yet (etcd's bytes), so that siblings
+/// are dropped before they are decoded or reported.
+pub fn is_under_bytes(key: &[u8], prefix: &str) -> bool {
     if prefix == "/" {
-        return key.starts_with('/');
+        return key.starts_with(b"/");
     }
-    key.strip_prefix(prefix)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    key.strip_prefix(prefix.as_bytes())
+        .is_some_and(|rest| rest.first().is_none_or(|&b| b == b'/'))
 }
 
 /// The directory a glob pattern searches: the path up to the `/` before its

@@ -46,6 +46,14 @@ impl EtcdConfig {
     fn describe(&self) -> String {
         self.endpoints.join(",")
     }
+
+    /// An error of these endpoints.
+    fn error(&self, message: String) -> SourceError {
+        SourceError::Etcd {
+            endpoints: self.describe(),
+            message,
+        }
+    }
 }
 
 /// A connected client.
@@ -70,10 +78,7 @@ impl Etcd {
         if let (Some(user), Some(password)) = (&config.username, &config.password) {
             options = options.with_user(user.clone(), password.clone());
         }
-        let err = |message: String| SourceError::Etcd {
-            endpoints: config.describe(),
-            message,
-        };
+        let err = |message: String| config.error(message);
         if let Some(tls) = &config.tls {
             options = options.with_tls(tls_options(tls).map_err(err)?);
         }
@@ -98,10 +103,7 @@ impl Etcd {
     }
 
     fn error(&self, message: String) -> SourceError {
-        SourceError::Etcd {
-            endpoints: self.config.describe(),
-            message,
-        }
+        self.config.error(message)
     }
 
     async fn request<T, F, Fut>(&mut self, f: F) -> Result<T, SourceError>
@@ -292,16 +294,6 @@ pub fn covering_range(prefix: &str) -> KeyRange {
         key: prefix.to_string(),
         end: Some(format!("{prefix}0")),
     }
-}
-
-/// Whether raw `key` equals `prefix` or lies below it on a `/` boundary
-/// (`is_under` before decoding, so siblings are never decoded or reported).
-fn bytes_under(key: &[u8], prefix: &str) -> bool {
-    if prefix == "/" {
-        return key.starts_with(b"/");
-    }
-    key.strip_prefix(prefix.as_bytes())
-        .is_some_and(|rest| rest.first().is_none_or(|&b| b == b'/'))
 }
 
 /// Whether etcd refused a request for want of permission (not for bad

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use etcd_client::{Client, GetOptions, GetResponse, Txn, TxnOp, TxnOpResponse};
 
 use super::{
-    bytes_under, covering_range, decode, describe_error, is_permission_denied, is_too_large,
-    key_ranges, merge_prefixes, Etcd, EtcdConfig, KeyRange, MAX_MESSAGE,
+    covering_range, decode, describe_error, is_permission_denied, is_too_large, key_ranges,
+    merge_prefixes, Etcd, EtcdConfig, KeyRange, MAX_MESSAGE,
 };
 use crate::error::SourceError;
 use crate::logging::first_time;
-use crate::store::Store;
+use crate::store::{is_under_bytes, Store};
 
 /// Keys in a range's first page: enough that nearly every prefix takes one
 /// request. etcd 3.4 walks its index over the whole rest of the range for
@@ -103,7 +103,7 @@ impl Cursor {
             self.bytes_seen += kv.key().len() + kv.value().len() + KV_OVERHEAD;
             // Siblings (`/app-x` in `/app`'s whole range) are not ours, and
             // are dropped before they are decoded or reported.
-            if self.whole && !bytes_under(kv.key(), prefix) {
+            if self.whole && !is_under_bytes(kv.key(), prefix) {
                 continue;
             }
             let mod_revision = kv.mod_revision();
@@ -271,13 +271,6 @@ fn refused_message(config: &EtcdConfig, prefix: &str, refused: &[&KeyRange]) -> 
     )
 }
 
-fn etcd_error(config: &EtcdConfig, message: String) -> SourceError {
-    SourceError::Etcd {
-        endpoints: config.describe(),
-        message,
-    }
-}
-
 /// The first pages of `cursors` in one read-only transaction (one
 /// consistent reply, one round trip). Whatever etcd or the client will not
 /// take as a batch comes back `Unbatched`, to be read one by one.
@@ -296,14 +289,11 @@ async fn read_first_pages(
     let reply = tokio::time::timeout(config.request_timeout, kv.txn(Txn::new().and_then(ops)))
         .await
         .map_err(|_| {
-            etcd_error(
-                config,
-                format!(
-                    "reading {} prefixes: request timed out after {:?}",
-                    cursors.len(),
-                    config.request_timeout
-                ),
-            )
+            config.error(format!(
+                "reading {} prefixes: request timed out after {:?}",
+                cursors.len(),
+                config.request_timeout
+            ))
         })?;
     let reply = match reply {
         Ok(reply) => reply,
@@ -316,10 +306,11 @@ async fn read_first_pages(
             return Ok((Vec::new(), Read::Unbatched(cursors)))
         }
         Err(e) => {
-            return Err(etcd_error(
-                config,
-                format!("reading {} prefixes: {}", cursors.len(), describe_error(&e)),
-            ))
+            return Err(config.error(format!(
+                "reading {} prefixes: {}",
+                cursors.len(),
+                describe_error(&e)
+            )))
         }
     };
     let pages = reply.op_responses();
@@ -355,14 +346,11 @@ async fn read_cursor(
         let reply = tokio::time::timeout(config.request_timeout, request)
             .await
             .map_err(|_| {
-                etcd_error(
-                    config,
-                    format!(
-                        "reading {}: request timed out after {:?}",
-                        cursor.range.describe(),
-                        config.request_timeout
-                    ),
-                )
+                config.error(format!(
+                    "reading {}: request timed out after {:?}",
+                    cursor.range.describe(),
+                    config.request_timeout
+                ))
             })?;
         let page = match reply {
             Ok(page) => page,
@@ -372,14 +360,11 @@ async fn read_cursor(
                 continue;
             }
             Err(e) => {
-                return Err(etcd_error(
-                    config,
-                    format!(
-                        "reading {}: {}",
-                        cursor.range.describe(),
-                        describe_error(&e)
-                    ),
-                ))
+                return Err(config.error(format!(
+                    "reading {}: {}",
+                    cursor.range.describe(),
+                    describe_error(&e)
+                )))
             }
         };
         match cursor.absorb(page, prefix, &mut pairs) {

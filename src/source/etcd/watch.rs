@@ -8,10 +8,9 @@
 use etcd_client::{EventType, WatchOptions};
 use tokio::sync::mpsc;
 
-use super::{
-    bytes_under, covering_range, decode, describe_error, key_ranges, Etcd, KeyRange, MAX_MESSAGE,
-};
+use super::{covering_range, decode, describe_error, key_ranges, Etcd, KeyRange, MAX_MESSAGE};
 use crate::error::SourceError;
+use crate::store::is_under_bytes;
 
 /// One change from a watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,7 +209,7 @@ async fn drain(
                     .filter_map(|event| {
                         let kv = event.kv()?;
                         // Siblings such as `/app-x` share the whole range.
-                        if !bytes_under(kv.key(), &prefix) {
+                        if !is_under_bytes(kv.key(), &prefix) {
                             return None;
                         }
                         // Keys are exact; a non-UTF-8 value makes the key
