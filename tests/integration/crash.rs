@@ -301,19 +301,24 @@ fn revive(site: &crate::watch::Site) -> crate::support::daemon::HupDaemon {
     revived
 }
 
+/// A watcher whose reload fails (the daemon is dead) and that stops: the
+/// reload stays owed in its record.
+fn leave_a_reload_owed(site: &crate::watch::Site, etcd: &Etcd) {
+    site.daemon.kill();
+    let mut confera = site.watch_etcd(&etcd.client_url, crate::watch::WAIT, &[]);
+    site.wait_for_output("app", "greeting=hello\n");
+    assert!(confera.wait_for_log("reload failed", crate::watch::DEADLINE));
+    assert_eq!(confera.terminate(), 0);
+    assert!(owed_record(site).exists(), "no record of the owed reload");
+}
+
 /// Issue 12: a reload that failed before confera stopped is still owed
 /// after a restart, although every file is then "unchanged".
 #[test]
 fn a_reload_owed_when_confera_stopped_is_done_after_a_restart() {
     let etcd = Etcd::start();
     let site = owed_site(&etcd);
-    site.daemon.kill();
-    let mut confera = site.watch_etcd(&etcd.client_url, crate::watch::WAIT, &[]);
-    site.wait_for_output("app", "greeting=hello\n");
-    assert!(confera.wait_for_log("reload failed", crate::watch::DEADLINE));
-    assert_eq!(confera.terminate(), 0);
-
-    assert!(owed_record(&site).exists(), "no record of the owed reload");
+    leave_a_reload_owed(&site, &etcd);
     let revived = revive(&site);
     let confera = site.watch_etcd(&etcd.client_url, crate::watch::WAIT, &[]);
     assert!(
@@ -333,13 +338,7 @@ fn a_reload_owed_when_confera_stopped_is_done_after_a_restart() {
 fn a_sync_only_watcher_runs_no_reload_a_previous_run_owed() {
     let etcd = Etcd::start();
     let site = owed_site(&etcd);
-    site.daemon.kill();
-    let mut confera = site.watch_etcd(&etcd.client_url, crate::watch::WAIT, &[]);
-    site.wait_for_output("app", "greeting=hello\n");
-    assert!(confera.wait_for_log("reload failed", crate::watch::DEADLINE));
-    assert_eq!(confera.terminate(), 0);
-    assert!(owed_record(&site).exists(), "no record of the owed reload");
-
+    leave_a_reload_owed(&site, &etcd);
     let revived = revive(&site);
     let mut confera = site.watch_etcd(&etcd.client_url, crate::watch::WAIT, &["--sync-only"]);
     confera.expect_log("ready", crate::watch::DEADLINE);
@@ -362,16 +361,7 @@ fn polling_mode_retries_a_failed_reload_at_the_next_poll() {
     let etcd = Etcd::start();
     let site = owed_site(&etcd);
     site.daemon.kill();
-    let _confera = Daemon::spawn(&[
-        "--confdir",
-        site.dir.arg(),
-        "--backend",
-        "etcd",
-        "--node",
-        &etcd.client_url,
-        "--interval",
-        "1",
-    ]);
+    let _confera = site.run_etcd(&etcd.client_url, &["--interval", "1"]);
     site.wait_for_output("app", "greeting=hello\n");
     let revived = revive(&site);
     assert!(

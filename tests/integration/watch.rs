@@ -89,21 +89,24 @@ impl Site {
 
     /// confera in watch mode on etcd at NODE.
     pub fn watch_etcd(&self, node: &str, wait: &str, extra: &[&str]) -> Daemon {
-        let mut args = vec![
+        let mut args = vec!["--watch", "--log-level", "debug", "--wait", wait];
+        args.extend_from_slice(extra);
+        self.run_etcd(node, &args)
+    }
+
+    /// confera on this site's confdir and the etcd at NODE, in the mode
+    /// and with the settings ARGS give.
+    pub fn run_etcd(&self, node: &str, args: &[&str]) -> Daemon {
+        let mut all = vec![
             "--confdir",
             self.dir.arg(),
             "--backend",
             "etcd",
             "--node",
             node,
-            "--watch",
-            "--log-level",
-            "debug",
-            "--wait",
-            wait,
         ];
-        args.extend_from_slice(extra);
-        Daemon::spawn(&args)
+        all.extend_from_slice(args);
+        Daemon::spawn(&all)
     }
 
     /// confera in watch mode on the data file DATA.
@@ -324,17 +327,7 @@ fn burst_of_300_puts(wait: Option<&str>) -> Burst {
     etcd.put("/app/peers/start", "0");
     let confera = match wait {
         Some(wait) => site.watch_etcd(&etcd.client_url, wait, &[]),
-        None => Daemon::spawn(&[
-            "--confdir",
-            site.dir.arg(),
-            "--backend",
-            "etcd",
-            "--node",
-            &etcd.client_url,
-            "--watch",
-            "--log-level",
-            "debug",
-        ]),
+        None => site.run_etcd(&etcd.client_url, &["--watch", "--log-level", "debug"]),
     };
     site.wait_for_output("app", "/app/peers/start=0\n");
     site.wait_for_hups(1);
