@@ -316,11 +316,7 @@ impl Target {
         };
         let mut links = 0;
         loop {
-            let st = match fstatat(
-                target.dir.fd(),
-                target.name.as_os_str(),
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-            ) {
+            let st = match target.lstat() {
                 Ok(st) => st,
                 Err(Errno::ENOENT) => return Ok(target),
                 Err(e) => return Err(PathError::io(&target.path, e)),
@@ -363,6 +359,16 @@ impl Target {
                 dir,
             };
         }
+    }
+
+    /// The status of what is at this name, a link itself rather than what
+    /// it points to.
+    pub fn lstat(&self) -> Result<FileStat, Errno> {
+        fstatat(
+            self.dir.fd(),
+            self.name.as_os_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
     }
 
     /// What the link at this name points to.

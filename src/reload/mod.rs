@@ -86,13 +86,7 @@ pub async fn reload(
 /// directory pinned, no link an unprivileged user could plant followed).
 fn file_owner(dest: &Path, follow: bool) -> Option<u32> {
     let target = crate::pipeline::pinned::Target::resolve(dest, follow).ok()?;
-    let st = nix::sys::stat::fstatat(
-        target.dir.fd(),
-        target.name.as_os_str(),
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .ok()?;
-    Some(st.st_uid)
+    Some(target.lstat().ok()?.st_uid)
 }
 
 /// The metrics label of an action's main method.
