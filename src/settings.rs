@@ -288,36 +288,6 @@ pub enum Scheme {
     Https,
 }
 
-/// `text` with confd's unsupported keys (left unset, or the file was
-/// refused) blanked out, since `FileSettings` would call them unknown: each
-/// key and its value become spaces, newlines kept, so that a later error
-/// names the line and column it has in the file.
-fn without_unsupported_keys(text: &str) -> Result<Cow<'_, str>, toml::de::Error> {
-    let unsupported = |key: &str| {
-        UNSUPPORTED_CONFD_KEYS
-            .iter()
-            .any(|(keys, _)| keys.contains(&key))
-    };
-    let entries: BTreeMap<toml::Spanned<String>, toml::Spanned<toml::Value>> =
-        toml::from_str(text)?;
-    let mut blanked: Option<Vec<u8>> = None;
-    for (key, value) in &entries {
-        if unsupported(key.get_ref()) {
-            let bytes = blanked.get_or_insert_with(|| text.as_bytes().to_vec());
-            for byte in &mut bytes[key.span().start..value.span().end] {
-                if *byte != b'\n' {
-                    *byte = b' ';
-                }
-            }
-        }
-    }
-    Ok(match blanked {
-        // Only whole characters became spaces: still UTF-8.
-        Some(bytes) => Cow::Owned(String::from_utf8(bytes).expect("blanked text is UTF-8")),
-        None => Cow::Borrowed(text),
-    })
-}
-
 /// confd's settings confera does not support, with the reason given in the
 /// error. An empty value (`""`, `false`, `[]`) means "not set" in confd and
 /// is accepted.
@@ -416,32 +386,49 @@ impl FileSettings {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         };
-        let table: toml::Table = toml::from_str(text).map_err(syntax)?;
-        for (key, value) in &table {
-            let set = match value {
+        let entries: BTreeMap<toml::Spanned<String>, toml::Spanned<toml::Value>> =
+            toml::from_str(text).map_err(syntax)?;
+        // confd's unsupported keys: an error when set; left unset, blanked
+        // out (FileSettings would call them unknown), each key and value
+        // turned to spaces with newlines kept, so that a later error names
+        // the line and column it has in the file.
+        let mut blanked: Option<Vec<u8>> = None;
+        for (key, value) in &entries {
+            let name = key.get_ref().as_str();
+            let Some((_, why)) = UNSUPPORTED_CONFD_KEYS
+                .iter()
+                .find(|(keys, _)| keys.contains(&name))
+            else {
+                continue;
+            };
+            let set = match value.get_ref() {
                 toml::Value::String(s) => !s.is_empty(),
                 toml::Value::Boolean(b) => *b,
                 toml::Value::Array(a) => !a.is_empty(),
                 _ => true,
             };
-            let unsupported = UNSUPPORTED_CONFD_KEYS
-                .iter()
-                .find(|(keys, _)| keys.contains(&key.as_str()));
-            match unsupported {
-                Some((_, why)) if set => {
-                    return Err(ConfigError::field(
-                        path,
-                        key,
-                        format!("confd's `{key}` is not supported by confera: {why}"),
-                    ))
+            if set {
+                return Err(ConfigError::field(
+                    path,
+                    name,
+                    format!("confd's `{name}` is not supported by confera: {why}"),
+                ));
+            }
+            let bytes = blanked.get_or_insert_with(|| text.as_bytes().to_vec());
+            for byte in &mut bytes[key.span().start..value.span().end] {
+                if *byte != b'\n' {
+                    *byte = b' ';
                 }
-                _ => {}
             }
         }
-        let text = without_unsupported_keys(text).map_err(syntax)?;
+        let text = match blanked {
+            // Only whole characters became spaces: still UTF-8.
+            Some(bytes) => Cow::Owned(String::from_utf8(bytes).expect("blanked text is UTF-8")),
+            None => Cow::Borrowed(text),
+        };
         let mut settings: FileSettings = toml::from_str(&text).map_err(syntax)?;
         settings.path = Some(path.to_path_buf());
-        settings.keys = table.keys().cloned().collect();
+        settings.keys = entries.keys().map(|k| k.get_ref().clone()).collect();
         Ok(settings)
     }
 
