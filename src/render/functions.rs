@@ -72,8 +72,7 @@ thread_local! {
 
 /// Frees what this thread's last render built (see [`LATER`]).
 pub(super) fn free_now() {
-    let values = LATER.with(|later| std::mem::take(&mut *later.borrow_mut()));
-    drop(values);
+    LATER.with(|later| later.borrow_mut().clear());
 }
 
 /// `value`, with a copy kept for [`LATER`] (values share their contents).
